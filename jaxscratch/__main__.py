@@ -1,0 +1,5 @@
+import sys
+
+from jaxscratch.cli import main
+
+sys.exit(main())

@@ -1,0 +1,206 @@
+"""The op contract, the op registry and the ``serial`` combinator.
+
+Every operation in jaxscratch is a pair of pure functions::
+
+    forward(params, x)   -> (y, cache)
+    backward(cache, dy)  -> (dparams, dx)
+
+``backward`` returns its gradients in the order of
+``jax.vjp(lambda p, x: forward(p, x)[0], params, x)``, so the gradient oracle
+(:mod:`jaxscratch.gradcheck`) compares the two trees directly. ``cache`` is whatever ``forward``
+needs to keep for ``backward`` (documented per op). Parameter-free ops take ``params=()`` and return
+``dparams=()``. Hyperparameters (slope, keep probability, stride) are bound when the op is built and
+never travel in ``params``.
+
+Stochastic ops (``Op.stochastic``, e.g. dropout) take two keyword-only arguments in ``forward``:
+``key`` (a ``jax.random`` key, required when ``train=True``) and ``train`` (bool, static). Use
+:func:`apply` to call any op uniformly.
+
+An op may carry ``init(key, in_shape) -> (out_shape, params)``, where shapes exclude the batch axis
+(``(13,)`` for a Boston row, ``(1, 28, 28)`` for an MNIST image), so layers infer their input size
+lazily, as the book's layers do.
+
+Every op is registered with :func:`register` together with an oracle example
+``example(key) -> (params, x)``; :func:`registry` lists them, and the test-suite fails for a
+registered op without an example and for a module-level op that is not registered.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+
+Array = jax.Array
+Params = Any  # a pytree: dict {"W", "B"}, () for parameter-free ops, tuple for networks
+Shape = tuple[int, ...]
+Example = Callable[[Array], tuple[Params, Any]]
+
+
+class Op(NamedTuple):
+    """One operation: a pure ``forward``/``backward`` pair (see the module docstring).
+
+    name: registry name. init: ``init(key, in_shape) -> (out_shape, params)`` or ``None`` for ops
+    without parameters whose output shape equals the input shape. stochastic: ``forward`` takes the
+    keyword-only ``key`` and ``train`` arguments.
+    """
+
+    name: str
+    forward: Callable[..., tuple[Any, Any]]
+    backward: Callable[[Any, Any], tuple[Any, Any]]
+    init: Callable[[Array, Shape], tuple[Shape, Params]] | None = None
+    stochastic: bool = False
+
+
+class Entry(NamedTuple):
+    """A registry entry: the op and its oracle example ``example(key) -> (params, x)``."""
+
+    op: Op
+    example: Example | None
+
+
+class Loss(NamedTuple):
+    """A loss: ``forward(pred, target) -> (loss, cache)``, ``backward(cache) -> dpred``."""
+
+    name: str
+    forward: Callable[[Array, Array], tuple[Array, Any]]
+    backward: Callable[[Any], Array]
+
+
+class LossEntry(NamedTuple):
+    """A loss-registry entry: the loss and its example ``example(key) -> (pred, target)``."""
+
+    loss: Loss
+    example: Callable[[Array], tuple[Array, Array]] | None
+
+
+_REGISTRY: dict[str, Entry] = {}
+_LOSSES: dict[str, LossEntry] = {}
+
+
+def register(op: Op, example: Example | None = None, *, name: str | None = None) -> Op:
+    """Add ``op`` to the registry under ``name`` (default ``op.name``) and return it unchanged.
+
+    ``example(key)`` must return ``(params, x)`` in float64 with non-square shapes and inputs kept
+    away from kinks; the oracle checks the op on it. Registering a second, different op under a
+    taken name is a ``ValueError``.
+    """
+    if not isinstance(op, Op):
+        raise TypeError(f"register: expected an Op, got {type(op).__name__}")
+    key = name or op.name
+    if key in _REGISTRY and _REGISTRY[key].op is not op:
+        raise ValueError(f"register: the name {key!r} is already registered")
+    _REGISTRY[key] = Entry(op, example)
+    return op
+
+
+def register_loss(
+    loss: Loss, example: Callable[[Array], tuple[Array, Array]] | None = None
+) -> Loss:
+    """Add ``loss`` to the loss registry with ``example(key) -> (pred, target)``; returns it."""
+    if not isinstance(loss, Loss):
+        raise TypeError(f"register_loss: expected a Loss, got {type(loss).__name__}")
+    if loss.name in _LOSSES and _LOSSES[loss.name].loss is not loss:
+        raise ValueError(f"register_loss: the name {loss.name!r} is already registered")
+    _LOSSES[loss.name] = LossEntry(loss, example)
+    return loss
+
+
+def _import_all() -> None:
+    """Import every module that defines ops, so the registry is complete."""
+    import importlib
+    import pkgutil
+
+    import jaxscratch
+
+    for mod in pkgutil.iter_modules(jaxscratch.__path__):
+        if mod.name not in ("cli", "__main__"):
+            importlib.import_module(f"jaxscratch.{mod.name}")
+
+
+def registry() -> dict[str, Entry]:
+    """Every registered op, ``{name: Entry(op, example)}``, after importing all op modules."""
+    _import_all()
+    return dict(_REGISTRY)
+
+
+def loss_registry() -> dict[str, LossEntry]:
+    """Every registered loss, ``{name: LossEntry(loss, example)}``."""
+    _import_all()
+    return dict(_LOSSES)
+
+
+def apply(
+    op: Op, params: Params, x: Any, *, key: Array | None = None, train: bool = True
+) -> tuple[Any, Any]:
+    """Call ``op.forward``, passing ``key``/``train`` only to stochastic ops. Returns ``(y, cache)``."""
+    if op.stochastic:
+        return op.forward(params, x, key=key, train=train)
+    return op.forward(params, x)
+
+
+def identity_init(key: Array, in_shape: Shape) -> tuple[Shape, Params]:
+    """Init for parameter-free, shape-preserving ops: ``(in_shape, ())``."""
+    del key
+    return tuple(in_shape), ()
+
+
+def init_params(op: Op, key: Array, in_shape: Shape) -> tuple[Shape, Params]:
+    """``op.init(key, in_shape)``, or :func:`identity_init` for ops without one."""
+    return (op.init or identity_init)(key, tuple(in_shape))
+
+
+def serial(*ops: Op, name: str | None = None) -> Op:
+    """Compose ops left to right into one op (a network is an op).
+
+    params: a tuple, one entry per op. forward: ``y = op_n(... op_1(x))``; cache: the tuple of the
+    ops' caches. backward: the ops' backward passes in reverse order, each receiving the ``dx`` of
+    the op after it; returns ``(tuple of dparams, dx)``. init splits one key per op. If any op is
+    stochastic the composition is, and ``forward``'s ``key`` is split into one sub-key per stochastic op.
+    """
+    if not ops:
+        raise ValueError("serial: needs at least one op")
+    for i, op in enumerate(ops):
+        if not isinstance(op, Op):
+            raise TypeError(f"serial: argument {i} is {type(op).__name__}, not an Op")
+    n_stochastic = sum(op.stochastic for op in ops)
+    stochastic = n_stochastic > 0
+
+    def _check(params: Params) -> None:
+        if not isinstance(params, tuple | list) or len(params) != len(ops):
+            got = len(params) if isinstance(params, tuple | list) else type(params).__name__
+            raise ValueError(f"serial: expected params for {len(ops)} ops, got {got}")
+
+    def forward(
+        params: Params, x: Any, *, key: Array | None = None, train: bool = True
+    ) -> tuple[Any, Any]:
+        _check(params)
+        keys: list[Array | None] = [None] * len(ops)
+        if stochastic and key is not None:
+            sub = jax.random.split(key, n_stochastic)
+            it = iter(sub)
+            keys = [next(it) if op.stochastic else None for op in ops]
+        caches = []
+        for op, p, k in zip(ops, params, keys, strict=True):
+            x, c = apply(op, p, x, key=k, train=train)
+            caches.append(c)
+        return x, tuple(caches)
+
+    def backward(cache: Any, dy: Any) -> tuple[Any, Any]:
+        grads = [None] * len(ops)
+        for i in range(len(ops) - 1, -1, -1):
+            grads[i], dy = ops[i].backward(cache[i], dy)
+        return tuple(grads), dy
+
+    def init(key: Array, in_shape: Shape) -> tuple[Shape, Params]:
+        keys = jax.random.split(key, len(ops))
+        params = []
+        shape = tuple(in_shape)
+        for op, k in zip(ops, keys, strict=True):
+            shape, p = init_params(op, k, shape)
+            params.append(p)
+        return shape, tuple(params)
+
+    label = name or "serial(" + ", ".join(op.name for op in ops) + ")"
+    return Op(label, forward, backward, init, stochastic)

@@ -1,0 +1,136 @@
+"""Dense layers: ``weight_multiply``, ``bias_add`` and ``dense`` (see :mod:`jaxscratch.core`).
+
+Shapes: ``x`` is ``(batch, n_in)``; ``W`` is ``(n_in, n_out)``; ``B`` is ``(1, n_out)``, as in the book.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from jaxscratch import init as initializers
+from jaxscratch.activations import get_activation
+from jaxscratch.core import Array, Op, Shape, register
+
+
+def _check_2d(fn: str, x: Array, n_in: int, pname: str, pshape: tuple[int, ...]) -> None:
+    if x.ndim != 2 or x.shape[1] != n_in:
+        raise ValueError(
+            f"{fn}: x{tuple(x.shape)} does not fit {pname}{tuple(pshape)}; "
+            f"expected x of shape (batch, {n_in})"
+        )
+
+
+def _weight_multiply_forward(params: dict[str, Array], x: Array) -> tuple[Array, tuple]:
+    """y = x @ W. x: (batch, n_in), W: (n_in, n_out) -> y: (batch, n_out). Caches (x, W)."""
+    W = params["W"]
+    _check_2d("weight_multiply", x, W.shape[0], "W", W.shape)
+    return x @ W, (x, W)
+
+
+def _weight_multiply_backward(cache: tuple, dy: Array) -> tuple[dict[str, Array], Array]:
+    x, W = cache
+    return {"W": x.T @ dy}, dy @ W.T
+
+
+def _bias_add_forward(params: dict[str, Array], x: Array) -> tuple[Array, int]:
+    """y = x + B. x: (batch, n), B: (1, n) -> y: (batch, n). Caches nothing but the B shape."""
+    B = params["B"]
+    if B.ndim != 2 or B.shape[0] != 1:
+        raise ValueError(f"bias_add: B must have shape (1, n), got {tuple(B.shape)}")
+    _check_2d("bias_add", x, B.shape[1], "B", B.shape)
+    return x + B, None
+
+
+def _bias_add_backward(cache: None, dy: Array) -> tuple[dict[str, Array], Array]:
+    return {"B": jnp.sum(dy, axis=0, keepdims=True)}, dy
+
+
+def _matrix_example(n_in: int = 7, n_out: int = 3, batch: int = 5):
+    def example(key: Array):
+        k1, k2 = jax.random.split(key)
+        return (
+            {"W": jax.random.normal(k1, (n_in, n_out), jnp.float64)},
+            jax.random.normal(k2, (batch, n_in), jnp.float64),
+        )
+
+    return example
+
+
+def _bias_example(key: Array):
+    k1, k2 = jax.random.split(key)
+    return (
+        {"B": jax.random.normal(k1, (1, 4), jnp.float64)},
+        jax.random.normal(k2, (6, 4), jnp.float64),
+    )
+
+
+weight_multiply = register(
+    Op("weight_multiply", _weight_multiply_forward, _weight_multiply_backward), _matrix_example()
+)
+bias_add = register(Op("bias_add", _bias_add_forward, _bias_add_backward), _bias_example)
+
+
+def dense(neurons: int, activation: str | Op = "linear", *, init: str = "normal", dtype=None) -> Op:
+    """The book's ``Dense`` layer: ``y = activation(x @ W + B)``.
+
+    x: (batch, n_in) -> y: (batch, neurons); params ``{"W": (n_in, neurons), "B": (1, neurons)}``,
+    n_in inferred at init. ``init``: ``"normal"`` (standard normal, the book's chapter 3) or
+    ``"glorot"`` (both W and B drawn with std sqrt(2/(n_in+neurons)), as the book does).
+    Cache: ``(x, W, activation cache)``. Backward: the reversed composition
+    ``activation -> bias_add -> weight_multiply``.
+    """
+    if not isinstance(neurons, int) or isinstance(neurons, bool) or neurons <= 0:
+        raise ValueError(f"dense: neurons must be a positive integer, got {neurons!r}")
+    act = get_activation(activation)
+    if act.stochastic:
+        raise ValueError(
+            "dense: the activation must be deterministic (put dropout after the layer)"
+        )
+    initializers.check_init("dense", init)
+
+    def forward(params: dict[str, Array], x: Array) -> tuple[Array, tuple]:
+        W, B = params["W"], params["B"]
+        _check_2d("dense", x, W.shape[0], "W", W.shape)
+        if B.shape != (1, W.shape[1]):
+            raise ValueError(f"dense: B{tuple(B.shape)} does not fit W{tuple(W.shape)}")
+        y, act_cache = act.forward((), x @ W + B)
+        return y, (x, W, act_cache)
+
+    def backward(cache: tuple, dy: Array) -> tuple[dict[str, Array], Array]:
+        x, W, act_cache = cache
+        _, dz = act.backward(act_cache, dy)
+        return {"W": x.T @ dz, "B": jnp.sum(dz, axis=0, keepdims=True)}, dz @ W.T
+
+    def init_fn(key: Array, in_shape: Shape) -> tuple[Shape, dict[str, Array]]:
+        if len(in_shape) != 1:
+            raise ValueError(
+                f"dense: expects inputs of shape (batch, n_in), got per-row {in_shape}"
+            )
+        n_in = in_shape[0]
+        kw, kb = jax.random.split(key)
+        scale = 1.0 if init == "normal" else initializers.glorot_scale(n_in, neurons)
+        W = initializers.normal(kw, (n_in, neurons), dtype, scale=scale)
+        B = initializers.normal(kb, (1, neurons), dtype, scale=scale)
+        return (neurons,), {"W": W, "B": B}
+
+    return Op(f"dense[{neurons},{act.name}]", forward, backward, init_fn)
+
+
+def _dense_example(activation: str):
+    """Example for a dense layer; pre-activations are Gaussian, a kink is hit with probability ~0."""
+
+    def example(key: Array):
+        k1, k2, k3 = jax.random.split(key, 3)
+        params = {
+            "W": jax.random.normal(k1, (6, 4), jnp.float64),
+            "B": jax.random.normal(k2, (1, 4), jnp.float64),
+        }
+        x = jax.random.normal(k3, (5, 6), jnp.float64)
+        return params, x
+
+    return example
+
+
+for _act in ("linear", "sigmoid", "tanh", "relu"):
+    register(dense(4, _act), _dense_example(_act), name=f"dense[{_act}]")

@@ -1,0 +1,370 @@
+"""The trainer: jit-compiled steps with hand-derived gradients, whole epochs as one ``lax.scan``.
+
+One training step is ``forward -> loss -> loss backward -> network backward -> optimizer update``;
+``jax.grad`` never appears here. :func:`fit` compiles the epochs between two evaluations into a
+single call (``lax.scan`` over epochs, each a ``lax.scan`` over its full batches plus one step for a
+shorter last batch), so Python dispatch costs one call per evaluation period; the data live on the
+device and batches are gathered there. ``step_mode="step"`` instead dispatches one jitted step per
+batch (still without host round trips), which is faster where XLA compiles a scanned body badly.
+
+Randomness: ``key`` is split into a data key and a dropout key; epoch ``e`` shuffles with
+``fold_in(data_key, e)`` and batch ``b`` of epoch ``e`` drops out with
+``fold_in(fold_in(dropout_key, e), b)``, so a run resumed at any epoch repeats an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxscratch.core import Array, Loss, Op, Params, apply
+from jaxscratch.optimizers import Optimizer, check_lr
+
+LR = float | Sequence[float] | Callable[[int], float]
+
+
+@dataclass
+class History:
+    """What :func:`fit` saw. Epoch numbers are 1-based (``epoch 10`` = after ten epochs).
+
+    train_loss[i]: mean batch loss of epoch ``epochs[i]`` (weighted by batch size); lr[i]: its
+    learning rate; eval_epochs / eval_loss / eval_metrics: one entry per evaluation.
+    """
+
+    epochs: list[int] = field(default_factory=list)
+    train_loss: list[float] = field(default_factory=list)
+    lr: list[float] = field(default_factory=list)
+    eval_epochs: list[int] = field(default_factory=list)
+    eval_loss: list[float] = field(default_factory=list)
+    eval_metrics: list[dict[str, float]] = field(default_factory=list)
+    stopped_early: bool = False
+    restored_to_epoch: int | None = None
+
+
+class FitResult(NamedTuple):
+    """params and opt_state after training (restored ones after early stopping); the history."""
+
+    params: Params
+    opt_state: Any
+    history: History
+
+
+class TrainingDiverged(FloatingPointError):
+    """A non-finite training loss. ``params``/``opt_state`` are those after the last finite epoch."""
+
+    def __init__(self, epoch: int, batch: int, loss: float, params: Params, opt_state: Any):
+        super().__init__(
+            f"fit: training diverged at epoch {epoch}, batch {batch}: loss {loss}; "
+            f"the parameters after epoch {epoch - 1} are in .params"
+        )
+        self.epoch, self.batch, self.loss = epoch, batch, loss
+        self.params, self.opt_state = params, opt_state
+
+
+def make_step(
+    net: Op, loss: Loss, optimizer: Optimizer
+) -> Callable[..., tuple[Params, Any, Array]]:
+    """One training step: ``step(params, state, xb, yb, lr, key) -> (params, state, loss)``.
+
+    Forward, loss, ``loss.backward``, ``net.backward`` (hand-derived), ``optimizer.update``.
+    ``key`` is used only by stochastic nets (dropout). Pure; jit it or scan it.
+    """
+
+    def step(params, state, xb, yb, lr, key):
+        pred, cache = apply(net, params, xb, key=key, train=True)
+        value, lcache = loss.forward(pred, yb)
+        grads, _ = net.backward(cache, loss.backward(lcache))
+        params, state = optimizer.update(grads, state, params, lr)
+        return params, state, value
+
+    return step
+
+
+def predict(net: Op, params: Params, X: Any, *, batch_size: int | None = None) -> Array:
+    """Inference-mode forward pass (dropout off), optionally in batches. X: (n, ...) -> (n, ...)."""
+    fn = _predict_fn(net)
+    if batch_size is None or batch_size >= len(X):
+        return fn(params, X)
+    parts = [fn(params, X[i : i + batch_size]) for i in range(0, len(X), batch_size)]
+    return jnp.concatenate(parts, axis=0)
+
+
+@functools.lru_cache(maxsize=64)
+def _predict_fn(net: Op) -> Callable:
+    return jax.jit(lambda p, x: apply(net, p, x, train=False)[0])
+
+
+def _lr_for_epoch(lr: LR, epoch: int) -> float:
+    if callable(lr):
+        value = lr(epoch)
+    elif isinstance(lr, int | float):
+        value = lr
+    else:
+        seq = list(lr)
+        if epoch >= len(seq):
+            raise ValueError(
+                f"fit: the lr sequence has {len(seq)} entries, epoch {epoch + 1} needs one"
+            )
+        value = seq[epoch]
+    check_lr("fit", value)
+    return float(value)
+
+
+def _check_int(name: str, value: Any, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < minimum:
+        raise ValueError(f"fit: {name} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def _check_data(what: str, X: Any, y: Any) -> tuple[Array, Array]:
+    Xh, yh = np.asarray(X), np.asarray(y)
+    if Xh.ndim == 0 or Xh.shape[0] == 0:
+        raise ValueError(f"fit: {what} X is empty (shape {Xh.shape})")
+    if yh.ndim == 0 or Xh.shape[0] != yh.shape[0]:
+        raise ValueError(f"fit: {what} X has {Xh.shape[0]} rows but y has shape {yh.shape}")
+    for name, arr in (("X", Xh), ("y", yh)):
+        if np.issubdtype(arr.dtype, np.floating) and not np.all(np.isfinite(arr)):
+            raise ValueError(f"fit: {what} {name} holds NaN or infinite values")
+    return jnp.asarray(X), jnp.asarray(y)
+
+
+def fit(
+    net: Op,
+    loss: Loss,
+    optimizer: Optimizer,
+    params: Params,
+    X: Any,
+    y: Any,
+    *,
+    epochs: int,
+    batch_size: int,
+    key: Array | None = None,
+    lr: LR = 0.01,
+    eval_data: tuple[Any, Any] | None = None,
+    eval_every: int = 10,
+    early_stopping: bool = True,
+    metrics: dict[str, Callable[[Array, Array], Array]] | None = None,
+    opt_state: Any = None,
+    start_epoch: int = 0,
+    shuffle: bool = True,
+    permutations: Any = None,
+    step_mode: str = "scan",
+    callback: Callable[[dict[str, Any]], None] | None = None,
+) -> FitResult:
+    """Train ``net`` on ``(X, y)`` with hand-derived gradients; return params, state and history.
+
+    X: (n, ...) and y: (n, ...) with the same n. Each epoch shuffles (``shuffle``; or takes row
+    ``e`` of ``permutations``, an (epochs, n) integer array, for the book-compatible mode) and runs
+    ``ceil(n / batch_size)`` steps, the last one on the ``n % batch_size`` remaining rows.
+    ``lr``: a number, a per-epoch sequence, or ``schedule(epoch_index) -> lr``.
+
+    Every ``eval_every`` epochs (and after the last) the loss on ``eval_data`` and any ``metrics``
+    (``fn(pred, y) -> scalar``, jit-compatible) are computed. With ``early_stopping``, an
+    evaluation that does not improve on the best so far restores the params **and** optimizer state
+    held at the start of that epoch and stops (the book's rule). ``start_epoch`` and ``opt_state``
+    resume a run. A non-finite training loss raises :class:`TrainingDiverged`, carrying the params
+    after the last finite epoch. ``callback(info)`` is called on the host after each evaluation period.
+    """
+    epochs = _check_int("epochs", epochs)
+    batch_size = _check_int("batch_size", batch_size)
+    eval_every = _check_int("eval_every", eval_every)
+    start_epoch = _check_int("start_epoch", start_epoch, 0)
+    if step_mode not in ("scan", "step"):
+        raise ValueError(f"fit: step_mode must be 'scan' or 'step', got {step_mode!r}")
+    Xd, yd = _check_data("training", X, y)
+    n = int(Xd.shape[0])
+    bs = min(batch_size, n)
+    n_full, rem = divmod(n, bs)
+    sizes = np.array([bs] * n_full + ([rem] if rem else []), dtype=np.float64)
+    if eval_data is not None:
+        Xe, ye = _check_data("eval", *eval_data)
+    if permutations is not None:
+        perms_host = np.asarray(permutations)
+        if perms_host.shape != (epochs, n) or not np.issubdtype(perms_host.dtype, np.integer):
+            raise ValueError(
+                f"fit: permutations must be an integer array of shape ({epochs}, {n}), "
+                f"got {perms_host.dtype} {perms_host.shape}"
+            )
+        perms_dev = jnp.asarray(perms_host)
+    if key is None and ((shuffle and permutations is None) or net.stochastic):
+        raise ValueError("fit: a jax.random key is required to shuffle or to run dropout")
+    data_key, drop_key = jax.random.split(key) if key is not None else (None, None)
+    if not net.stochastic:
+        drop_key = None
+    lrs = [_lr_for_epoch(lr, e) for e in range(epochs)]
+    if opt_state is None:
+        opt_state = optimizer.init(params)
+
+    use_rows = permutations is not None
+    prog = _program(net, loss, optimizer, n, bs, shuffle, use_rows)
+
+    def run(params, state, first: int, count: int):
+        ids = jnp.arange(first, first + count, dtype=jnp.int32)
+        chunk_lrs = jnp.asarray(lrs[first : first + count], dtype=jnp.result_type(float))
+        # without explicit permutations, an empty row per epoch keeps one scan signature
+        rows = perms_dev[first : first + count] if use_rows else jnp.zeros((count, 0), jnp.int32)
+        if step_mode == "step":
+            return prog.run_stepwise(
+                params, state, Xd, yd, ids, chunk_lrs, rows, data_key, drop_key
+            )
+        return prog.run_chunk(params, state, Xd, yd, ids, chunk_lrs, rows, data_key, drop_key)
+
+    if eval_data is not None:
+        evaluate = _evaluator(net, loss, tuple(sorted((metrics or {}).items())))
+
+    history = History()
+    best = math.inf
+    epoch = start_epoch
+    while epoch < epochs:
+        next_eval = min((epoch // eval_every + 1) * eval_every, epochs)
+        count = next_eval - epoch
+        params_before = (params, opt_state)
+        p, s, p_prev, s_prev, losses = run(params, opt_state, epoch, count)
+        losses_h = np.asarray(losses)
+        bad = np.argwhere(~np.isfinite(losses_h))
+        if bad.size:
+            j, b = (int(v) for v in bad[0])
+            good_p, good_s = params_before
+            if j > 0:
+                good_p, good_s, *_ = run(*params_before, epoch, j)
+            raise TrainingDiverged(epoch + j + 1, b + 1, float(losses_h[j, b]), good_p, good_s)
+        params, opt_state = p, s
+        for j in range(count):
+            history.epochs.append(epoch + j + 1)
+            history.train_loss.append(float(np.dot(losses_h[j], sizes) / n))
+            history.lr.append(lrs[epoch + j])
+        epoch = next_eval
+        info: dict[str, Any] = {
+            "epoch": epoch,
+            "train_loss": history.train_loss[-1],
+            "lr": lrs[epoch - 1],
+        }
+        if eval_data is not None:
+            value, mvals = evaluate(params, Xe, ye)
+            value = float(value)
+            history.eval_epochs.append(epoch)
+            history.eval_loss.append(value)
+            history.eval_metrics.append({k: float(v) for k, v in mvals.items()})
+            info.update(eval_loss=value, **history.eval_metrics[-1])
+            if early_stopping and not value < best:
+                params, opt_state = p_prev, s_prev
+                history.stopped_early = True
+                history.restored_to_epoch = epoch - 1
+                info["stopped_early"] = True
+            best = min(best, value)
+        if callback is not None:
+            callback(info)
+        if history.stopped_early:
+            break
+    return FitResult(params, opt_state, history)
+
+
+class _Program(NamedTuple):
+    run_chunk: Callable[..., Any]
+    run_stepwise: Callable[..., Any]
+
+
+@functools.lru_cache(maxsize=64)
+def _program(
+    net: Op, loss: Loss, optimizer: Optimizer, n: int, bs: int, shuffle: bool, use_rows: bool
+) -> _Program:
+    """The compiled epoch runners for one (model, data size, batch size) configuration.
+
+    Cached, so a second :func:`fit` with the same configuration does not recompile.
+    """
+    step = make_step(net, loss, optimizer)
+    n_full, rem = divmod(n, bs)
+
+    def epoch_perm(epoch, perm_row, data_key):
+        if use_rows:
+            return perm_row
+        if shuffle:
+            return jax.random.permutation(jax.random.fold_in(data_key, epoch), n)
+        return jnp.arange(n)
+
+    def batch_key(drop_key, epoch, b):
+        if drop_key is None:
+            return None
+        return jax.random.fold_in(jax.random.fold_in(drop_key, epoch), b)
+
+    def run_epoch(params, state, Xd, yd, perm, lr, epoch, drop_key):
+        def body(carry, inp):
+            p, s = carry
+            b, idx = inp
+            p, s, value = step(p, s, Xd[idx], yd[idx], lr, batch_key(drop_key, epoch, b))
+            return (p, s), value
+
+        losses = []
+        if n_full:
+            idx = perm[: n_full * bs].reshape(n_full, bs)
+            (params, state), full = jax.lax.scan(body, (params, state), (jnp.arange(n_full), idx))
+            losses.append(full)
+        if rem:
+            idx = perm[n_full * bs :]
+            params, state, value = step(
+                params, state, Xd[idx], yd[idx], lr, batch_key(drop_key, epoch, n_full)
+            )
+            losses.append(value[None])
+        return params, state, jnp.concatenate(losses)
+
+    @jax.jit
+    def run_chunk(params, state, Xd, yd, epoch_ids, chunk_lrs, perm_rows, data_key, drop_key):
+        """Epochs ``epoch_ids`` in one scan; also returns the params at the last epoch's start."""
+
+        def body(carry, inp):
+            p, s, _, _ = carry
+            e, lr_e, row = inp
+            perm = epoch_perm(e, row, data_key)
+            p2, s2, losses = run_epoch(p, s, Xd, yd, perm, lr_e, e, drop_key)
+            return (p2, s2, p, s), losses
+
+        init = (params, state, params, state)
+        (p, s, p_prev, s_prev), losses = jax.lax.scan(body, init, (epoch_ids, chunk_lrs, perm_rows))
+        return p, s, p_prev, s_prev, losses
+
+    @functools.partial(jax.jit, static_argnames="size")
+    def batch_step(params, state, Xd, yd, perm, start, lr, epoch, b, drop_key, *, size):
+        idx = jax.lax.dynamic_slice_in_dim(perm, start, size)
+        return step(params, state, Xd[idx], yd[idx], lr, batch_key(drop_key, epoch, b))
+
+    perm_jit = jax.jit(epoch_perm)
+
+    def run_stepwise(params, state, Xd, yd, epoch_ids, chunk_lrs, perm_rows, data_key, drop_key):
+        """The same epochs, one jitted dispatch per batch (no host round trip until the end)."""
+        all_losses = []
+        p_prev, s_prev = params, state
+        for j in range(epoch_ids.shape[0]):
+            p_prev, s_prev = params, state
+            e = epoch_ids[j]
+            perm = perm_jit(e, perm_rows[j], data_key)
+            vals = []
+            for b in range(n_full + (1 if rem else 0)):
+                size = bs if b < n_full else rem
+                params, state, v = batch_step(
+                    params, state, Xd, yd, perm, b * bs, chunk_lrs[j], e, b, drop_key, size=size
+                )
+                vals.append(v)
+            all_losses.append(jnp.stack(vals))
+        return params, state, p_prev, s_prev, jnp.stack(all_losses)
+
+    return _Program(run_chunk, run_stepwise)
+
+
+@functools.lru_cache(maxsize=64)
+def _evaluator(net: Op, loss: Loss, metrics: tuple[tuple[str, Callable], ...]) -> Callable:
+    """``evaluate(params, X, y) -> (loss, {metric: value})``, jitted and cached per model."""
+
+    @jax.jit
+    def evaluate(params, X, y):
+        pred = apply(net, params, X, train=False)[0]
+        value = loss.forward(pred, y)[0]
+        return value, {k: f(pred, y) for k, f in metrics}
+
+    return evaluate
