@@ -156,6 +156,7 @@ def fit(
     shuffle: bool = True,
     permutations: Any = None,
     step_mode: str = "scan",
+    best_eval_loss: float = math.inf,
     callback: Callable[[dict[str, Any]], None] | None = None,
 ) -> FitResult:
     """Train ``net`` on ``(X, y)`` with hand-derived gradients; return params, state and history.
@@ -169,8 +170,10 @@ def fit(
     (``fn(pred, y) -> scalar``, jit-compatible) are computed. With ``early_stopping``, an
     evaluation that does not improve on the best so far restores the params **and** optimizer state
     held at the start of that epoch and stops (the book's rule). ``start_epoch`` and ``opt_state``
-    resume a run. A non-finite training loss raises :class:`TrainingDiverged`, carrying the params
-    after the last finite epoch. ``callback(info)`` is called on the host after each evaluation period.
+    resume a run (``best_eval_loss``: the best evaluation so far, for early stopping). A non-finite training loss raises :class:`TrainingDiverged`, carrying the params
+    after the last finite epoch. ``callback(info)`` is called on the host after each evaluation
+    period with ``epoch``, ``train_loss``, ``lr``, ``eval_loss`` and metrics (when evaluated),
+    ``best_eval_loss``, ``stopped_early``, and the current ``params`` and ``opt_state`` (for checkpoints).
     """
     epochs = _check_int("epochs", epochs)
     batch_size = _check_int("batch_size", batch_size)
@@ -220,7 +223,7 @@ def fit(
         evaluate = _evaluator(net, loss, tuple(sorted((metrics or {}).items())))
 
     history = History()
-    best = math.inf
+    best = float(best_eval_loss)
     epoch = start_epoch
     while epoch < epochs:
         next_eval = min((epoch // eval_every + 1) * eval_every, epochs)
@@ -257,9 +260,14 @@ def fit(
                 params, opt_state = p_prev, s_prev
                 history.stopped_early = True
                 history.restored_to_epoch = epoch - 1
-                info["stopped_early"] = True
             best = min(best, value)
         if callback is not None:
+            info.update(
+                params=params,
+                opt_state=opt_state,
+                best_eval_loss=best,
+                stopped_early=history.stopped_early,
+            )
             callback(info)
         if history.stopped_early:
             break
