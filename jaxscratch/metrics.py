@@ -51,6 +51,11 @@ def accuracy(pred: ArrayLike, labels: ArrayLike) -> float:
     """
     p = np.asarray(pred)
     y = np.asarray(labels)
+    for what, a in (("predictions", p), ("labels", y)):
+        if a.ndim not in (1, 2) or (a.ndim == 2 and a.shape[1] < 2):
+            raise ValueError(
+                f"accuracy: {what} must be (n,) class ids or (n, k >= 2) scores, got shape {a.shape}"
+            )
     if p.ndim == 2:
         p = p.argmax(axis=1)
     if y.ndim == 2:
