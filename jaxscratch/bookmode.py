@@ -1,0 +1,54 @@
+"""Book-compatible mode: replay the numpy random draws of the book's chapter 3 trainer.
+
+This is the one deliberate exception to "randomness only from ``jax.random`` keys": it reproduces,
+draw for draw, what the book's ``Trainer.fit`` does with numpy's legacy global RNG, so the book's
+printed tables can be matched to their last digit (see ``shared/REFERENCE.md``, chapter 3):
+
+1. ``np.random.seed(seed)``; each epoch draws ``np.random.permutation(n)`` and applies it to the
+   *already permuted* training set (the book reassigns ``X_train, y_train = permute_data(...)``),
+   so the row order of epoch ``e`` is the composition of all permutations so far;
+2. the layers initialise lazily at the first forward pass, i.e. after epoch 1's permutation: each
+   layer calls ``np.random.seed(seed)`` again and draws ``W = randn(n_in, n_out)`` then
+   ``B = randn(1, n_out)``; later permutations continue from the state the last layer left.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+
+def ch3_init_and_orders(
+    layer_sizes: Sequence[int], n_in: int, n_train: int, epochs: int, seed: int
+) -> tuple[tuple[dict[str, np.ndarray], ...], np.ndarray]:
+    """The book's chapter 3 draws for dense layers of ``layer_sizes`` on ``n_in`` features.
+
+    Returns ``(params, orders)``: ``params`` a tuple of ``{"W": (n_in, n_out), "B": (1, n_out)}``
+    float64 dicts (the ``serial`` layout), and ``orders`` an ``(epochs, n_train)`` integer array,
+    row ``e`` holding the indices of the original training rows in the order epoch ``e`` visits
+    them (pass it to ``trainer.fit(permutations=...)``).
+    """
+    if not layer_sizes or any(int(s) <= 0 for s in layer_sizes):
+        raise ValueError(f"ch3_init_and_orders: layer sizes must be positive, got {layer_sizes}")
+    if epochs <= 0 or n_train <= 0 or n_in <= 0:
+        raise ValueError(
+            f"ch3_init_and_orders: epochs, n_train and n_in must be positive, "
+            f"got {epochs}, {n_train}, {n_in}"
+        )
+    np.random.seed(seed)
+    order = np.arange(n_train)
+    orders = np.empty((epochs, n_train), dtype=np.int64)
+    params: list[dict[str, np.ndarray]] = []
+    for e in range(epochs):
+        order = order[np.random.permutation(n_train)]
+        orders[e] = order
+        if e == 0:
+            fan_in = n_in
+            for size in layer_sizes:
+                np.random.seed(seed)
+                W = np.random.randn(fan_in, size)
+                B = np.random.randn(1, size)
+                params.append({"W": W, "B": B})
+                fan_in = size
+    return tuple(params), orders
