@@ -36,19 +36,19 @@ def ch3_init_and_orders(
             f"ch3_init_and_orders: epochs, n_train and n_in must be positive, "
             f"got {epochs}, {n_train}, {n_in}"
         )
-    np.random.seed(seed)
+    rng = np.random.RandomState(seed)  # the book's global RNG, without touching numpy's
     order = np.arange(n_train)
     orders = np.empty((epochs, n_train), dtype=np.int64)
     params: list[dict[str, np.ndarray]] = []
     for e in range(epochs):
-        order = order[np.random.permutation(n_train)]
+        order = order[rng.permutation(n_train)]
         orders[e] = order
         if e == 0:
             fan_in = n_in
             for size in layer_sizes:
-                np.random.seed(seed)
-                W = np.random.randn(fan_in, size)
-                B = np.random.randn(1, size)
+                rng.seed(seed)
+                W = rng.randn(fan_in, size)
+                B = rng.randn(1, size)
                 params.append({"W": W, "B": B})
                 fan_in = size
     return tuple(params), orders
