@@ -102,7 +102,7 @@ def _compare(manual: Any, oracle: Any, rtol: float) -> tuple[float, float, str]:
         max_abs, max_rel = max(max_abs, leaf_abs), max(max_rel, leaf_rel)
         if not detail and np.any(err > rtol * (np.abs(o) + scale)):
             i = np.unravel_index(int(np.argmax(err - rtol * np.abs(o))), err.shape)
-            detail = f"gradient{path}{list(i)}: manual {m[i]:.6g}, oracle {o[i]:.6g}"
+            detail = f"gradient{path}{[int(v) for v in i]}: manual {m[i]:.6g}, oracle {o[i]:.6g}"
     return max_abs, max_rel, detail
 
 
@@ -188,7 +188,7 @@ def check_op(
         max_abs, max_rel, detail = _compare(tuple(manual), tuple(oracle), rtol)
         if max_abs == np.inf:
             return Report(label, False, max_abs, max_rel, np.inf, detail)
-        scalar = lambda p, xx: _vdot(dy, fwd(p, xx)[0])  # noqa: E731
+        scalar = jax.jit(lambda p, xx: _vdot(dy, fwd(p, xx)[0]))
         fd_rel, fd_detail = _fd_check(scalar, (params, x), tuple(manual), fd_key, fd_eps)
     vjp_ok = not detail
     fd_ok = fd_rel <= fd_rtol
