@@ -5,12 +5,15 @@ Shapes: ``x`` is ``(batch, n_in)``; ``W`` is ``(n_in, n_out)``; ``B`` is ``(1, n
 
 from __future__ import annotations
 
+import numbers
+
 import jax
 import jax.numpy as jnp
 
 from jaxscratch import init as initializers
 from jaxscratch.activations import get_activation
-from jaxscratch.core import Array, Op, Shape, register
+from jaxscratch.core import Array, Op, Shape, register, serial
+from jaxscratch.dropout import dropout as make_dropout
 
 
 def _check_2d(fn: str, x: Array, n_in: int, pname: str, pshape: tuple[int, ...]) -> None:
@@ -71,15 +74,35 @@ weight_multiply = register(
 bias_add = register(Op("bias_add", _bias_add_forward, _bias_add_backward), _bias_example)
 
 
-def dense(neurons: int, activation: str | Op = "linear", *, init: str = "normal", dtype=None) -> Op:
-    """The book's ``Dense`` layer: ``y = activation(x @ W + B)``.
+def dense(
+    neurons: int,
+    activation: str | Op = "linear",
+    *,
+    init: str = "normal",
+    dtype=None,
+    dropout: float | None = None,
+    inverted: bool = False,
+) -> Op:
+    """The book's ``Dense`` layer: ``y = activation(x @ W + B)``, optionally followed by dropout.
 
     x: (batch, n_in) -> y: (batch, neurons); params ``{"W": (n_in, neurons), "B": (1, neurons)}``,
     n_in inferred at init. ``init``: ``"normal"`` (standard normal, the book's chapter 3) or
     ``"glorot"`` (both W and B drawn with std sqrt(2/(n_in+neurons)), as the book does).
     Cache: ``(x, W, activation cache)``. Backward: the reversed composition
     ``activation -> bias_add -> weight_multiply``.
+
+    ``dropout=keep_prob`` (the book's ``Dense(..., dropout=0.8)``) returns
+    ``serial(dense, dropout(keep_prob, inverted=inverted))`` named ``dense[n,act]+dropout[p]``: a
+    stochastic op whose params are ``(dense params, ())`` and whose cache is ``(dense cache,
+    mask)``; its forward takes ``key``/``train`` (see :mod:`jaxscratch.dropout`). ``dropout=None``
+    or ``1.0`` adds no dropout op, as the book's layer does for ``dropout=1.0``.
     """
+    if dropout is not None and not (
+        isinstance(dropout, numbers.Real) and not isinstance(dropout, bool) and dropout == 1.0
+    ):
+        layer = dense(neurons, activation, init=init, dtype=dtype)
+        drop = make_dropout(dropout, inverted=inverted)
+        return serial(layer, drop, name=f"{layer.name}+{drop.name}")
     if not isinstance(neurons, int) or isinstance(neurons, bool) or neurons <= 0:
         raise ValueError(f"dense: neurons must be a positive integer, got {neurons!r}")
     act = get_activation(activation)
@@ -134,3 +157,11 @@ def _dense_example(activation: str):
 
 for _act in ("linear", "sigmoid", "tanh", "relu"):
     register(dense(4, _act), _dense_example(_act), name=f"dense[{_act}]")
+
+
+def _dense_dropout_example(key: Array):
+    params, x = _dense_example("tanh")(key)
+    return (params, ()), x
+
+
+register(dense(4, "tanh", dropout=0.8), _dense_dropout_example, name="dense[tanh]+dropout[0.8]")
