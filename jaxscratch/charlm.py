@@ -1,0 +1,450 @@
+"""Character-level language model (chapter 6): text, vocabulary, batches, training, sampling.
+
+* Text: any file (:func:`load_text`) or :func:`default_text`, ~100 KB of English prose that every
+  Python installation carries (the reference-manual topics of the standard library's ``pydoc_data``
+  package, joined in sorted key order; fallback: the source of a fixed list of standard-library
+  modules), read at run time, no download, deterministic for a given Python version.
+* :class:`Vocabulary`: the sorted distinct characters; :func:`encode` / :func:`decode`.
+* Batches: :func:`sample_windows` draws ``batch`` random windows from a ``jax.random`` key:
+  ``x = ids[i : i + T]``, ``y = ids[i + 1 : i + T + 1]``; the network sees ``x`` one-hot.
+* Models: :func:`char_model` builds ``"rnn"``, ``"lstm"``, ``"gru"`` or stacks such as
+  ``"lstm-lstm"`` from :mod:`jaxscratch.rnn` layers; the last layer's output is the vocabulary
+  logits (batch, T, vocab).
+* Training: :func:`train_char_lm` with :data:`jaxscratch.rnn.sequence_softmax_cross_entropy`,
+  any :class:`~jaxscratch.optimizers.Optimizer` (AdaGrad, SGD, wrapped by
+  :mod:`jaxscratch.clipping`). Each call of the compiled program runs the ``sample_every``
+  iterations between two samples as one ``lax.scan`` (hand-derived gradients via
+  :func:`jaxscratch.trainer.make_step`), so the host sees the losses once per period.
+* Sampling: :func:`sample` continues a prime of ``window`` characters, one character at a time:
+  each step feeds the last ``window`` characters (from the learned initial state, exactly as in
+  training) and draws the next from ``softmax(logits / temperature)``. Seeded by a key.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import math
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxscratch import rnn
+from jaxscratch.core import Array, Op, Params, apply, serial
+from jaxscratch.optimizers import Optimizer, check_lr
+from jaxscratch.trainer import make_step
+
+DEFAULT_MAX_CHARS = 100_000
+#: fallback for :func:`default_text` when ``pydoc_data`` is missing (some distributions split it)
+FALLBACK_MODULES = ("textwrap", "argparse", "calendar", "string", "fractions", "difflib")
+
+
+# ---------------------------------------------------------------------------------------------
+# text
+
+
+def default_text(max_chars: int = DEFAULT_MAX_CHARS) -> str:
+    """``max_chars`` characters of English prose shipped with Python, read at run time.
+
+    The ``pydoc_data.topics`` help texts (the language reference, as ``help("if")`` shows it),
+    joined in sorted key order; if that package is absent, the source files of
+    :data:`FALLBACK_MODULES` (found with ``inspect.getsourcefile``) concatenated. Deterministic for
+    a given Python version. See :func:`default_text_source` for a description.
+    """
+    _check_positive_int("default_text", "max_chars", max_chars)
+    try:
+        from pydoc_data.topics import topics
+
+        text = "".join(topics[k] for k in sorted(topics))
+    except ImportError:
+        parts = []
+        for name in FALLBACK_MODULES:
+            path = inspect.getsourcefile(__import__(name))
+            if path is not None:
+                parts.append(Path(path).read_text(encoding="utf-8"))
+        text = "".join(parts)
+    if not text:
+        raise RuntimeError("default_text: no standard-library text found; pass a text file")
+    return text[:max_chars]
+
+
+def default_text_source() -> str:
+    """A one-line description of what :func:`default_text` reads on this Python."""
+    import platform
+
+    try:
+        import pydoc_data.topics  # noqa: F401
+
+        what = "pydoc_data.topics (Python reference-manual help texts, sorted by topic)"
+    except ImportError:
+        what = "standard-library sources: " + ", ".join(FALLBACK_MODULES)
+    return f"{what}, Python {platform.python_version()}"
+
+
+def load_text(path: str | Path | None = None, max_chars: int | None = None) -> str:
+    """The text of the UTF-8 file ``path`` (whole, or its first ``max_chars`` characters), or
+    :func:`default_text` when ``path`` is None. Empty text is a ``ValueError``."""
+    if path is None:
+        text = default_text(max_chars or DEFAULT_MAX_CHARS)
+    else:
+        p = Path(path)
+        if not p.is_file():
+            raise ValueError(f"load_text: {str(p)!r} is not a file")
+        text = p.read_text(encoding="utf-8")
+        if max_chars is not None:
+            _check_positive_int("load_text", "max_chars", max_chars)
+            text = text[:max_chars]
+    if not text:
+        raise ValueError(f"load_text: the text from {str(path or 'default_text()')!r} is empty")
+    return text
+
+
+# ---------------------------------------------------------------------------------------------
+# vocabulary
+
+
+class Vocabulary(NamedTuple):
+    """The distinct characters of a text, sorted; index ``i`` is character ``chars[i]``."""
+
+    chars: tuple[str, ...]
+
+    @property
+    def size(self) -> int:
+        return len(self.chars)
+
+    def index(self) -> dict[str, int]:
+        """``{character: index}``."""
+        return {c: i for i, c in enumerate(self.chars)}
+
+
+def build_vocabulary(text: str) -> Vocabulary:
+    """The sorted distinct characters of ``text``. Empty text or a single symbol: ``ValueError``."""
+    if not isinstance(text, str):
+        raise TypeError(f"build_vocabulary: expected a str, got {type(text).__name__}")
+    if not text:
+        raise ValueError("build_vocabulary: the text is empty")
+    chars = tuple(sorted(set(text)))
+    if len(chars) < 2:
+        raise ValueError(
+            f"build_vocabulary: the text has a single symbol {chars[0]!r}; a language model "
+            "needs at least two"
+        )
+    return Vocabulary(chars)
+
+
+def encode(vocab: Vocabulary, text: str) -> np.ndarray:
+    """``text`` as int32 indices into ``vocab``, shape (len(text),). Unknown characters: ValueError."""
+    index = vocab.index()
+    try:
+        return np.fromiter((index[c] for c in text), dtype=np.int32, count=len(text))
+    except KeyError as e:
+        raise ValueError(f"encode: character {e.args[0]!r} is not in the vocabulary") from None
+
+
+def decode(vocab: Vocabulary, ids: Any) -> str:
+    """The characters of the indices ``ids`` (any integer array or sequence)."""
+    arr = np.asarray(ids).ravel()
+    if arr.size and (arr.min() < 0 or arr.max() >= vocab.size):
+        raise ValueError(
+            f"decode: indices must be in 0..{vocab.size - 1}, got {arr.min()}..{arr.max()}"
+        )
+    return "".join(vocab.chars[int(i)] for i in arr)
+
+
+# ---------------------------------------------------------------------------------------------
+# batches
+
+
+def _check_positive_int(fn: str, name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value <= 0:
+        raise ValueError(f"{fn}: {name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def check_windows(fn: str, n_chars: int, seq_len: int) -> None:
+    """``ValueError`` unless a text of ``n_chars`` holds a window of ``seq_len`` + 1 characters."""
+    _check_positive_int(fn, "seq_len", seq_len)
+    if n_chars < seq_len + 1:
+        raise ValueError(
+            f"{fn}: sequence length {seq_len} needs a text of at least {seq_len + 1} characters "
+            f"(inputs and next-character targets), got {n_chars}"
+        )
+
+
+def sample_windows(key: Array, ids: Array, batch: int, seq_len: int) -> tuple[Array, Array]:
+    """``batch`` random windows: x (batch, seq_len) and y = x shifted by one, both int ids.
+
+    ids: (n,) the encoded text. Start ``i`` is uniform in ``[0, n - seq_len - 1]``;
+    ``x[b] = ids[i : i + seq_len]``, ``y[b] = ids[i + 1 : i + seq_len + 1]``. Jit-compatible.
+    """
+    if ids.ndim != 1:
+        raise ValueError(f"sample_windows: ids must have shape (n,), got {tuple(ids.shape)}")
+    check_windows("sample_windows", ids.shape[0], seq_len)
+    _check_positive_int("sample_windows", "batch", batch)
+    starts = jax.random.randint(key, (batch, 1), 0, ids.shape[0] - seq_len)
+    pos = starts + jnp.arange(seq_len)[None, :]
+    return ids[pos], ids[pos + 1]
+
+
+# ---------------------------------------------------------------------------------------------
+# models
+
+
+def char_model(
+    kind: str,
+    vocab_size: int,
+    hidden: int,
+    *,
+    weight_scale: float | None = None,
+    dtype=None,
+) -> Op:
+    """A character model: ``kind`` names the cells bottom-up, joined by ``-``.
+
+    ``"lstm"``: one layer ``lstm_layer(hidden, vocab_size)``; ``"gru-lstm"``:
+    ``gru_layer(hidden, hidden)`` then ``lstm_layer(hidden, vocab_size)`` (the book's stacks end
+    with the layer whose projection gives the vocabulary logits). x: (batch, T, vocab) one-hot ->
+    logits (batch, T, vocab).
+    """
+    parts = kind.split("-") if isinstance(kind, str) else []
+    if not parts or any(p not in rnn.CELLS for p in parts):
+        raise ValueError(
+            f"char_model: kind must be cells from {sorted(rnn.CELLS)} joined by '-', got {kind!r}"
+        )
+    _check_positive_int("char_model", "vocab_size", vocab_size)
+    _check_positive_int("char_model", "hidden", hidden)
+    layers = []
+    for n, p in enumerate(parts):
+        out = vocab_size if n == len(parts) - 1 else hidden
+        layers.append(rnn.recurrent_layer(p, hidden, out, weight_scale=weight_scale, dtype=dtype))
+    return layers[0] if len(layers) == 1 else serial(*layers, name=f"char_model[{kind},{hidden}]")
+
+
+def count_params(params: Params) -> int:
+    """Total number of parameter entries."""
+    return int(sum(np.prod(np.shape(a)) for a in jax.tree.leaves(params)))
+
+
+# ---------------------------------------------------------------------------------------------
+# training
+
+
+class CharLMResult(NamedTuple):
+    """After :func:`train_char_lm`: params and optimizer state; ``losses`` (iterations,) float64,
+    one per iteration; ``samples`` ``[(iteration, text), ...]`` (iteration 0: before training)."""
+
+    params: Params
+    opt_state: Any
+    losses: np.ndarray
+    samples: list[tuple[int, str]]
+
+
+def _dtype_of(params: Params):
+    leaves = jax.tree.leaves(params)
+    if not leaves:
+        raise ValueError("train_char_lm: params are empty")
+    return leaves[0].dtype
+
+
+@functools.lru_cache(maxsize=32)
+def _train_program(net: Op, optimizer: Optimizer, batch: int, seq_len: int, vocab_size: int):
+    """``run(params, state, ids, data_key, start, lr, n=...) -> (params, state, losses (n,))``.
+
+    Iteration ``i`` trains on the windows of ``fold_in(data_key, i)``. Jitted, ``n`` static;
+    cached per (net, optimizer, batch, seq_len, vocab) object identity.
+    """
+    step = make_step(net, rnn.sequence_softmax_cross_entropy, optimizer)
+
+    @functools.partial(jax.jit, static_argnames="n")
+    def run(params, state, ids, data_key, start, lr, *, n):
+        dtype = _dtype_of(params)
+
+        def body(carry, i):
+            p, s = carry
+            x_ids, y_ids = sample_windows(jax.random.fold_in(data_key, i), ids, batch, seq_len)
+            x = jax.nn.one_hot(x_ids, vocab_size, dtype=dtype)
+            p, s, value = step(p, s, x, y_ids, lr, None)
+            return (p, s), value
+
+        (params, state), losses = jax.lax.scan(body, (params, state), start + jnp.arange(n))
+        return params, state, losses
+
+    return run
+
+
+def train_char_lm(
+    net: Op,
+    params: Params,
+    vocab: Vocabulary,
+    ids: Any,
+    *,
+    optimizer: Optimizer,
+    lr: float,
+    iterations: int,
+    batch_size: int,
+    seq_len: int,
+    key: Array,
+    sample_every: int | None = 100,
+    sample_length: int = 200,
+    temperature: float = 1.0,
+    prime: str | None = None,
+    opt_state: Any = None,
+    callback: Callable[[dict[str, Any]], None] | None = None,
+) -> CharLMResult:
+    """Train a character model on random windows of ``ids`` (the encoded text, (n,) ints).
+
+    Every iteration: ``batch_size`` windows of ``seq_len`` characters, one-hot inputs, the loss
+    :data:`~jaxscratch.rnn.sequence_softmax_cross_entropy` against the next characters, the
+    hand-derived backward pass, ``optimizer.update`` with ``lr``. ``key`` is split into a data key
+    (iteration ``i`` uses ``fold_in(data_key, i)``) and a sampling key (the sample after iteration
+    ``i`` uses ``fold_in(sample_key, i)``), so runs are reproducible and two models trained with
+    the same key see the same batches. The ``sample_every`` iterations between two samples run
+    as one compiled ``lax.scan``; samples of ``sample_length`` characters (:func:`sample`,
+    ``prime``: default the text's first ``seq_len`` characters) are drawn at iteration 0, every
+    ``sample_every`` iterations and at the end (``sample_every=None``: only at the start and the
+    end). ``callback(info)`` gets ``iteration``, ``loss`` (mean over the period) and ``sample``
+    after each period. A non-finite loss raises ``FloatingPointError`` naming the iteration.
+    """
+    iterations = _check_positive_int("train_char_lm", "iterations", iterations)
+    batch_size = _check_positive_int("train_char_lm", "batch_size", batch_size)
+    sample_length = _check_positive_int("train_char_lm", "sample_length", sample_length)
+    if sample_every is not None:
+        sample_every = _check_positive_int("train_char_lm", "sample_every", sample_every)
+    check_lr("train_char_lm", lr)
+    _check_temperature("train_char_lm", temperature)
+    ids_h = np.asarray(ids)
+    if ids_h.ndim != 1 or not np.issubdtype(ids_h.dtype, np.integer):
+        raise ValueError(
+            f"train_char_lm: ids must be a 1-D integer array, got {ids_h.dtype} {ids_h.shape}"
+        )
+    check_windows("train_char_lm", ids_h.shape[0], seq_len)
+    if ids_h.min() < 0 or ids_h.max() >= vocab.size:
+        raise ValueError(f"train_char_lm: ids must be in 0..{vocab.size - 1}")
+    prime_text = prime if prime is not None else decode(vocab, ids_h[:seq_len])
+    prime_ids = _prime_ids("train_char_lm", vocab, prime_text, seq_len)
+    ids_d = jnp.asarray(ids_h)
+    data_key, sample_key = jax.random.split(key)
+    if opt_state is None:
+        opt_state = optimizer.init(params)
+    run = _train_program(net, optimizer, batch_size, seq_len, vocab.size)
+    lr_d = jnp.asarray(lr, _dtype_of(params))
+
+    def draw(it: int) -> str:
+        out = sample(
+            net,
+            params,
+            vocab,
+            jax.random.fold_in(sample_key, it),
+            prime_ids,
+            length=sample_length,
+            temperature=temperature,
+        )
+        return out
+
+    samples = [(0, draw(0))]
+    losses: list[np.ndarray] = []
+    period = sample_every or iterations
+    done = 0
+    while done < iterations:
+        n = min(period, iterations - done)
+        params, opt_state, chunk = run(params, opt_state, ids_d, data_key, done, lr_d, n=n)
+        chunk_h = np.asarray(chunk, np.float64)
+        bad = np.flatnonzero(~np.isfinite(chunk_h))
+        if bad.size:
+            raise FloatingPointError(
+                f"train_char_lm: the loss became {chunk_h[bad[0]]} at iteration {done + bad[0] + 1}"
+            )
+        losses.append(chunk_h)
+        done += n
+        samples.append((done, draw(done)))
+        if callback is not None:
+            callback({"iteration": done, "loss": float(chunk_h.mean()), "sample": samples[-1][1]})
+    return CharLMResult(params, opt_state, np.concatenate(losses), samples)
+
+
+# ---------------------------------------------------------------------------------------------
+# sampling
+
+
+def _check_temperature(fn: str, temperature: Any) -> float:
+    try:
+        t = float(temperature)
+    except (TypeError, ValueError):
+        raise TypeError(f"{fn}: temperature must be a number, got {temperature!r}") from None
+    if not math.isfinite(t) or t <= 0:
+        raise ValueError(f"{fn}: temperature must be positive and finite, got {temperature!r}")
+    return t
+
+
+def _prime_ids(fn: str, vocab: Vocabulary, prime: str | Sequence[int] | Any, window: int) -> Array:
+    if isinstance(prime, str):
+        if len(prime) < window:
+            raise ValueError(
+                f"{fn}: the prime has {len(prime)} characters; sampling feeds windows of {window}, "
+                f"so it needs at least {window}"
+            )
+        return jnp.asarray(encode(vocab, prime[-window:]))
+    arr = jnp.asarray(prime)
+    if arr.ndim != 1 or arr.shape[0] != window:
+        raise ValueError(f"{fn}: prime ids must have shape ({window},), got {tuple(arr.shape)}")
+    return arr
+
+
+@functools.lru_cache(maxsize=32)
+def _sample_program(net: Op, vocab_size: int, window: int, length: int):
+    @jax.jit
+    def run(params, key, prime_ids, temperature):
+        dtype = _dtype_of(params)
+
+        def body(win, k):
+            x = jax.nn.one_hot(win[None, :], vocab_size, dtype=dtype)  # (1, window, vocab)
+            logits = apply(net, params, x, train=False)[0][0, -1]
+            c = jax.random.categorical(k, logits / temperature.astype(dtype))
+            return jnp.concatenate([win[1:], c[None].astype(win.dtype)]), c
+
+        _, chars = jax.lax.scan(body, prime_ids, jax.random.split(key, length))
+        return chars
+
+    return run
+
+
+def sample(
+    net: Op,
+    params: Params,
+    vocab: Vocabulary,
+    key: Array,
+    prime: str | Any,
+    *,
+    length: int = 200,
+    window: int | None = None,
+    temperature: float = 1.0,
+) -> str:
+    """``length`` characters continuing ``prime``, drawn from ``softmax(logits / temperature)``.
+
+    Each step runs ``net`` on the last ``window`` characters (default: the prime's length) and
+    samples the character after them; low temperatures approach the most likely character.
+    ``prime``: a string (its last ``window`` characters are used; fewer is a ``ValueError``) or
+    ``window`` int ids. One jitted ``lax.scan``; deterministic given ``key``.
+    """
+    length = _check_positive_int("sample", "length", length)
+    t = _check_temperature("sample", temperature)
+    if window is None:
+        window = len(prime) if isinstance(prime, str) else int(np.shape(prime)[0])
+    window = _check_positive_int("sample", "window", window)
+    prime_ids = _prime_ids("sample", vocab, prime, window)
+    run = _sample_program(net, vocab.size, window, length)
+    chars = run(params, key, prime_ids, jnp.asarray(t))
+    return decode(vocab, np.asarray(chars))
+
+
+def smooth(losses: Any, window: int = 50) -> np.ndarray:
+    """Trailing moving average: entry i is the mean of ``losses[max(0, i - window + 1) : i + 1]``."""
+    x = np.asarray(losses, np.float64)
+    window = _check_positive_int("smooth", "window", window)
+    c = np.concatenate([[0.0], np.cumsum(x)])
+    i = np.arange(1, x.size + 1)
+    lo = np.maximum(0, i - window)
+    return (c[i] - c[lo]) / (i - lo)
