@@ -62,11 +62,19 @@ def _to64(tree: Any) -> Any:
 
 
 def _random_like(key: jax.Array, tree: Any) -> Any:
+    """Standard normal float64 leaves shaped like ``tree``'s float leaves (zeros elsewhere).
+
+    Drawn with numpy from a seed taken from ``key``: a ``jax.random`` draw would compile once per
+    new shape, which dominated the oracle's run time.
+    """
     leaves, treedef = jax.tree.flatten(tree)
-    keys = jax.random.split(key, max(len(leaves), 1))
+    seed = np.asarray(jax.random.key_data(key)).ravel().astype(np.uint64)
+    rng = np.random.default_rng(seed.tolist())
     out = [
-        jax.random.normal(k, jnp.shape(a), jnp.float64) if _is_float(a) else jnp.zeros_like(a)
-        for k, a in zip(keys, leaves, strict=False)
+        jnp.asarray(rng.standard_normal(jnp.shape(a)), jnp.float64)
+        if _is_float(a)
+        else jnp.zeros_like(a)
+        for a in leaves
     ]
     return jax.tree.unflatten(treedef, out)
 
