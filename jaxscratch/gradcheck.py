@@ -17,7 +17,9 @@ live here and in tests only, never in a training path.
 
 from __future__ import annotations
 
+import functools
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -159,6 +161,27 @@ def _fd_check(
     return worst, detail
 
 
+def _make_compiled(op: Any, stochastic: bool) -> tuple[Callable, Callable]:
+    def y_of(p, xx, key):
+        if stochastic:
+            return op.forward(p, xx, key=key, train=True)[0]
+        return op.forward(p, xx)[0]
+
+    return jax.jit(y_of), jax.jit(lambda p, xx, key, dy: _vdot(dy, y_of(p, xx, key)))
+
+
+_compiled_cached = functools.lru_cache(maxsize=512)(_make_compiled)
+
+
+def _compiled(op: Any, stochastic: bool) -> tuple[Callable, Callable]:
+    """Jitted ``y(params, x, key)`` and ``<dy, y>`` for ``op``, cached per op when it is hashable,
+    so many examples of one op with the same shapes compile once."""
+    try:
+        return _compiled_cached(op, stochastic)
+    except TypeError:  # an unhashable user op
+        return _make_compiled(op, stochastic)
+
+
 def check_op(
     op: Any,
     params: Any,
@@ -184,6 +207,8 @@ def check_op(
         seed_key = key if key is not None else jax.random.key(ORACLE_KEY_SEED)
         drop_key, ct_key, fd_key = jax.random.split(seed_key, 3)
 
+        fwd_y, scalar = _compiled(op, stochastic)
+
         def fwd(p, xx):
             if stochastic:
                 return op.forward(p, xx, key=drop_key, train=True)
@@ -193,7 +218,7 @@ def check_op(
             y, cache = fwd(params, x)
             dy = _random_like(ct_key, y)
             manual = op.backward(cache, dy)
-            _, vjp_fn = jax.vjp(lambda p, xx: fwd(p, xx)[0], params, x)
+            _, vjp_fn = jax.vjp(lambda p, xx: fwd_y(p, xx, drop_key), params, x)
             oracle = vjp_fn(dy)
         except (ValueError, TypeError) as e:
             return Report(label, False, np.inf, np.inf, np.inf, f"{type(e).__name__}: {e}")
@@ -204,9 +229,13 @@ def check_op(
         max_abs, max_rel, detail = _compare(tuple(manual), tuple(oracle), rtol)
         if max_abs == np.inf:
             return Report(label, False, max_abs, max_rel, np.inf, detail)
-        scalar = jax.jit(lambda p, xx: _vdot(dy, fwd(p, xx)[0]))
         fd_rel, fd_detail = _fd_check(
-            scalar, (params, x), tuple(manual), fd_key, fd_eps, fd_per_leaf
+            lambda p, xx: scalar(p, xx, drop_key, dy),
+            (params, x),
+            tuple(manual),
+            fd_key,
+            fd_eps,
+            fd_per_leaf,
         )
     vjp_ok = not detail
     fd_ok = fd_rel <= fd_rtol
