@@ -1,0 +1,547 @@
+"""Chapter 5 (convolution) on MNIST or Fashion-MNIST: the book's CNN and a stronger one, 1 epoch.
+
+book:   Conv2D(16 filters 5x5, "same", no bias, tanh, Glorot, dropout keep 0.8, flatten)
+        -> Dense(10, linear, Glorot) -> softmax cross-entropy; SGD momentum 0.9, lr 0.1; batch 60;
+        1 epoch. The book printed 90.31% on MNIST.
+strong: (our design) Conv(16, 5x5, relu, bias) -> max-pool 2x2 -> Conv(32, 3x3, relu, bias)
+        -> max-pool 2x2 -> flatten -> Dense(10); Glorot; same loss, optimizer (lr 0.05), batch and
+        single epoch.
+
+Every step runs the hand-derived backward passes of :mod:`jaxscratch.conv` (``jax.grad`` is not
+used). The test accuracy is taken after every 100 batches: training runs as jitted chunks of 100
+steps (``--step-mode scan``: one ``lax.scan`` over 100 batches per call; ``step``: one jitted step
+per batch, no host round trip inside a chunk), then the whole test set is evaluated (dropout off,
+the book's inference scaling by keep 0.8). Our RNG is JAX's (seed 20190402, the book notebook's),
+so the draws differ from the book's numpy ones; our Glorot std is sqrt(2 / (fan_in + fan_out))
+with conv fans C*k*k, where the 2019 book code used 2 / (C_in + C_out) for conv kernels.
+
+Usage:
+    python experiments/ch5_cnn.py --dataset mnist --data-dir /work/shared/data/mnist
+    python experiments/ch5_cnn.py --dataset fashion-mnist --batches 200      # quick run
+    python experiments/ch5_cnn.py --bench-only                               # speed table only
+Options: --models book,strong; --method im2col|taps|xla (conv formulation); --step-mode
+scan|step; --lr-book, --lr-strong; --seed; --bench (also time the formulations and modes,
+median of --bench-repeats runs); --out DIR (default results/ch5_cnn_<dataset>); --figures DIR
+(copy the small PNGs there for the README).
+Writes results.json, <dataset>_accuracy.png, <dataset>_filters.png and <dataset>_predictions.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxscratch import conv
+from jaxscratch import data as D
+from jaxscratch.conv import conv_layer, flatten, max_pool2d
+from jaxscratch.core import Op, init_params, serial
+from jaxscratch.layers import dense
+from jaxscratch.losses import softmax_cross_entropy
+from jaxscratch.optimizers import Optimizer, sgd_momentum
+from jaxscratch.trainer import make_step, predict
+
+BOOK_SEED = 20190402
+BOOK_MNIST_ACCURACY = 90.31
+BATCH = 60
+EVAL_EVERY = 100
+FASHION_CLASSES = (
+    "T-shirt",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Boot",
+)
+
+
+# ------------------------------------------------------------------------------------------------
+# Models
+# ------------------------------------------------------------------------------------------------
+
+
+def book_cnn(method: str = conv.DEFAULT_METHOD) -> Op:
+    """The book's CNN: conv 16x5x5 tanh (Glorot, dropout 0.8, flatten) -> dense 10 (logits)."""
+    return serial(
+        conv_layer(16, 5, "tanh", init="glorot", dropout=0.8, flatten=True, method=method),
+        dense(10, "linear", init="glorot"),
+        name=f"book_cnn[{method}]",
+    )
+
+
+def strong_cnn(method: str = conv.DEFAULT_METHOD) -> Op:
+    """Two conv + relu + 2x2 max-pool blocks (16x5x5, 32x3x3, biases) -> dense 10 (logits)."""
+    return serial(
+        conv_layer(16, 5, "relu", init="glorot", bias=True, method=method),
+        max_pool2d,
+        conv_layer(32, 3, "relu", init="glorot", bias=True, method=method),
+        max_pool2d,
+        flatten,
+        dense(10, "linear", init="glorot"),
+        name=f"strong_cnn[{method}]",
+    )
+
+
+MODELS = {
+    "book": (book_cnn, "Conv(16, 5x5, tanh, dropout 0.8, flatten) -> Dense(10)"),
+    "strong": (
+        strong_cnn,
+        "Conv(16, 5x5, relu) -> pool -> Conv(32, 3x3, relu) -> pool -> Dense(10)",
+    ),
+}
+
+
+# ------------------------------------------------------------------------------------------------
+# Training: jitted chunks of 100 steps, evaluation in between
+# ------------------------------------------------------------------------------------------------
+
+
+class Runner:
+    """Compiled training chunks for one (net, optimizer, data) configuration.
+
+    ``scan``: ``chunk(params, state, X, Y, idx (b, 60), keys (b,), lr)`` runs ``b`` steps in one
+    ``lax.scan``; ``step``: one jitted step per batch, dispatched back to back. Both return the
+    per-batch losses on the device (no host round trip until the chunk ends).
+    """
+
+    def __init__(self, net: Op, optimizer: Optimizer, mode: str):
+        if mode not in ("scan", "step"):
+            raise ValueError(f"Runner: mode must be 'scan' or 'step', got {mode!r}")
+        self.mode = mode
+        step = make_step(net, softmax_cross_entropy, optimizer)
+
+        def one(params, state, X, Y, ids, key, lr):
+            return step(params, state, X[ids], Y[ids], lr, key)
+
+        def chunk(params, state, X, Y, idx, keys, lr):
+            def body(carry, inp):
+                p, s = carry
+                ids, k = inp
+                p, s, value = one(p, s, X, Y, ids, k, lr)
+                return (p, s), value
+
+            (params, state), losses = jax.lax.scan(body, (params, state), (idx, keys))
+            return params, state, losses
+
+        self._one = jax.jit(one)
+        self._chunk = jax.jit(chunk)
+        self._compiled: dict[Any, Any] = {}
+
+    def compile(self, params, state, X, Y, idx, keys, lr) -> float:
+        """Ahead-of-time compile for these shapes; returns the seconds it took."""
+        t0 = time.perf_counter()
+        if self.mode == "scan":
+            self._compiled["scan", idx.shape] = self._chunk.lower(
+                params, state, X, Y, idx, keys, lr
+            ).compile()
+        else:
+            self._compiled["step"] = self._one.lower(
+                params, state, X, Y, idx[0], keys[0], lr
+            ).compile()
+        return time.perf_counter() - t0
+
+    def __call__(self, params, state, X, Y, idx, keys, lr):
+        if self.mode == "scan":
+            fn = self._compiled.get(("scan", idx.shape)) or self._chunk
+            return fn(params, state, X, Y, idx, keys, lr)
+        fn = self._compiled.get("step") or self._one
+        losses = []
+        for b in range(idx.shape[0]):
+            params, state, value = fn(params, state, X, Y, idx[b], keys[b], lr)
+            losses.append(value)
+        return params, state, jnp.stack(losses)
+
+
+def accuracy(net: Op, params, X, labels: np.ndarray) -> tuple[float, np.ndarray]:
+    """Test accuracy (%) with dropout off, and the predicted classes."""
+    logits = predict(net, params, X, batch_size=1000)
+    pred = np.asarray(jnp.argmax(logits, axis=1))
+    return float(100.0 * np.mean(pred == labels)), pred
+
+
+def train(
+    name: str,
+    net: Op,
+    data: dict[str, Any],
+    *,
+    lr: float,
+    key: jax.Array,
+    n_batches: int,
+    mode: str,
+) -> dict[str, Any]:
+    """One epoch (or ``n_batches``) of batch-60 SGD with momentum 0.9; test accuracy every 100."""
+    init_key, data_key, drop_key = jax.random.split(key, 3)
+    _, params = init_params(net, init_key, data["X_train"].shape[1:])
+    optimizer = sgd_momentum(0.9)
+    state = optimizer.init(params)
+    n = data["X_train"].shape[0]
+    perm = jax.random.permutation(jax.random.fold_in(data_key, 0), n)  # epoch 0's shuffle
+    idx_all = perm[: n_batches * BATCH].reshape(n_batches, BATCH)
+    keys_all = jax.vmap(lambda b: jax.random.fold_in(drop_key, b))(jnp.arange(n_batches))
+    lr_dev = jnp.asarray(lr, jnp.float32)
+    X, Y = data["X_train"], data["y_train"]
+    runner = Runner(net, optimizer, mode)
+    compile_s = runner.compile(
+        params, state, X, Y, idx_all[:EVAL_EVERY], keys_all[:EVAL_EVERY], lr_dev
+    )
+
+    evals: list[dict[str, float]] = []
+    train_s = 0.0
+    done = 0
+    print(f"[{name}] {net.name}: {n_batches} batches of {BATCH}, mode {mode}, lr {lr}")
+    while done < n_batches:
+        b = min(EVAL_EVERY, n_batches - done)
+        t0 = time.perf_counter()
+        params, state, losses = runner(
+            params, state, X, Y, idx_all[done : done + b], keys_all[done : done + b], lr_dev
+        )
+        losses = np.asarray(losses)  # waits for the chunk
+        train_s += time.perf_counter() - t0
+        done += b
+        if not np.all(np.isfinite(losses)):
+            raise FloatingPointError(f"{name}: non-finite training loss before batch {done}")
+        acc, _ = accuracy(net, params, data["X_test"], data["labels_test"])
+        evals.append({"batches": done, "train_loss": float(losses.mean()), "test_accuracy": acc})
+        print(
+            f"[{name}] batch {done:5d}: mean train loss {losses.mean():.4f}  "
+            f"test accuracy {acc:6.2f}%",
+            flush=True,
+        )
+    final, pred = accuracy(net, params, data["X_test"], data["labels_test"])
+    per_batch_ms = 1000.0 * train_s / n_batches
+    print(
+        f"[{name}] compile {compile_s:.2f} s; training {train_s:.2f} s "
+        f"({per_batch_ms:.2f} ms per batch, evaluation excluded)"
+    )
+    return {
+        "net": net.name,
+        "lr": lr,
+        "momentum": 0.9,
+        "batch_size": BATCH,
+        "batches": n_batches,
+        "step_mode": mode,
+        "evals": evals,
+        "final_test_accuracy": final,
+        "compile_s": compile_s,
+        "train_s": train_s,
+        "ms_per_batch": per_batch_ms,
+        "_params": params,
+        "_pred": pred,
+    }
+
+
+# ------------------------------------------------------------------------------------------------
+# Speed: forward, backward and full training step, per batch of 60, both modes
+# ------------------------------------------------------------------------------------------------
+
+
+def _median_ms(fns: dict[str, tuple[Any, tuple, int]], repeats: int) -> dict[str, float]:
+    """Run every ``fn(*args)`` (``per`` batches per call) round-robin; median ms per batch."""
+    for fn, args, _ in fns.values():
+        jax.block_until_ready(fn(*args))  # compile and warm up
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(repeats):
+        for k, (fn, args, per) in fns.items():
+            t0 = time.perf_counter()
+            jax.block_until_ready(fn(*args))
+            times[k].append(1000.0 * (time.perf_counter() - t0) / per)
+    return {k: float(np.median(v)) for k, v in times.items()}
+
+
+def _bench_method(method: str, X: jax.Array, Y: jax.Array, k: int, repeats: int) -> dict:
+    xs = X[: k * BATCH].reshape(k, BATCH, *X.shape[1:])
+    ys = Y[: k * BATCH].reshape(k, BATCH, *Y.shape[1:])
+    op = conv.conv2d(16, 5, init="glorot", method=method)
+    _, p = op.init(jax.random.key(0), X.shape[1:])
+    dys = jax.random.normal(jax.random.key(1), (k, BATCH, 16, 28, 28), X.dtype)
+    caches = jax.jit(jax.vmap(lambda x: op.forward(p, x)[1]))(xs)  # k stacked caches
+
+    fwd_jit = jax.jit(lambda p, x: op.forward(p, x)[0])
+    bwd_jit = jax.jit(op.backward)
+
+    @jax.jit
+    def fwd_scan(p, xs):
+        return jax.lax.scan(lambda c, x: (c + jnp.sum(op.forward(p, x)[0]), None), 0.0, xs)[0]
+
+    @jax.jit
+    def bwd_scan(caches, dys):
+        def body(c, inp):
+            g, dx = op.backward(*inp)
+            return c + jnp.sum(g["W"]) + jnp.sum(dx), None
+
+        return jax.lax.scan(body, 0.0, (caches, dys))[0]
+
+    net = book_cnn(method)
+    _, params = init_params(net, jax.random.key(2), X.shape[1:])
+    opt = sgd_momentum(0.9)
+    state = opt.init(params)
+    step = make_step(net, softmax_cross_entropy, opt)
+    keys = jax.vmap(lambda b: jax.random.fold_in(jax.random.key(3), b))(jnp.arange(k))
+    step_jit = jax.jit(step)
+
+    @jax.jit
+    def step_scan(params, state, xs, ys, keys):
+        def body(carry, inp):
+            p, s, v = step(*carry, inp[0], inp[1], 0.1, inp[2])
+            return (p, s), v
+
+        return jax.lax.scan(body, (params, state), (xs, ys, keys))
+
+    first = lambda tree: jax.tree.map(lambda a: a[0], tree)  # noqa: E731
+    return _median_ms(
+        {
+            "forward/jit": (fwd_jit, (p, xs[0]), 1),
+            "forward/scan": (fwd_scan, (p, xs), k),
+            "backward/jit": (bwd_jit, (first(caches), dys[0]), 1),
+            "backward/scan": (bwd_scan, (caches, dys), k),
+            "train_step/jit": (step_jit, (params, state, xs[0], ys[0], 0.1, keys[0]), 1),
+            "train_step/scan": (step_scan, (params, state, xs, ys, keys), k),
+        },
+        repeats,
+    )
+
+
+def bench(X: jax.Array, Y: jax.Array, repeats: int, methods: tuple[str, ...]) -> dict[str, Any]:
+    """Per-batch (60) milliseconds of the book's conv layer forward / backward and of a full
+    training step of the book CNN, each in jit mode (one dispatch per batch) and scan mode
+    (``lax.scan`` over 20 batches in one call), for each conv formulation."""
+    load_before = os.getloadavg()[0]
+    rows = {}
+    for method in methods:
+        rows[method] = ms = _bench_method(method, X, Y, 20, repeats)
+        print(
+            f"[bench] {method:7s} "
+            + "  ".join(f"{name} {value:7.2f}" for name, value in ms.items())
+            + "  (ms per batch of 60, median)",
+            flush=True,
+        )
+    return {
+        "what": "per batch of 60 (1x28x28), book conv layer 16x5x5 'same' and the full book-CNN "
+        "training step (forward, loss, hand-derived backward, momentum update); jit = one "
+        "dispatch per batch, scan = lax.scan over 20 batches per call; median of "
+        f"{repeats} interleaved runs, float32",
+        "ms": rows,
+        "load_average_1m": [load_before, os.getloadavg()[0]],
+        "cpu_count": os.cpu_count(),
+    }
+
+
+# ------------------------------------------------------------------------------------------------
+# Plots and output
+# ------------------------------------------------------------------------------------------------
+
+
+def _write_json_atomic(path: Path, obj: dict) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(obj, f, indent=2)
+            f.write("\n")
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _plots(out: Path, dataset: str, runs: dict[str, dict], data: dict) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    files = []
+    # accuracy every 100 batches
+    fig, ax = plt.subplots(figsize=(6, 3.6), dpi=90)
+    for name, r in runs.items():
+        xs = [e["batches"] for e in r["evals"]]
+        ys = [e["test_accuracy"] for e in r["evals"]]
+        ax.plot(xs, ys, "o-", ms=3, label=f"{name}: {r['final_test_accuracy']:.2f}%")
+    if dataset == "mnist":
+        ax.axhline(BOOK_MNIST_ACCURACY, color="gray", ls="--", lw=1, label="book (1 epoch): 90.31%")
+    ax.set_xlabel("batches of 60")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title(f"{dataset}: test accuracy during one epoch")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    files.append(f"{dataset}_accuracy.png")
+    fig.savefig(out / files[-1])
+    plt.close(fig)
+
+    # learned first-layer filters (16 of 5x5 per model)
+    fig, axes = plt.subplots(len(runs), 16, figsize=(9, 0.6 * len(runs) + 0.35), dpi=90)
+    axes = np.atleast_2d(axes)
+    for row, (name, r) in zip(axes, runs.items(), strict=True):
+        Wt = np.asarray(r["_params"][0][0]["W"])[:, 0]  # (16, 5, 5)
+        for i, ax in enumerate(row):
+            lim = np.abs(Wt[i]).max()
+            ax.imshow(Wt[i], cmap="RdBu_r", vmin=-lim, vmax=lim)
+            ax.set_xticks([])
+            ax.set_yticks([])
+        row[0].set_ylabel(name, rotation=0, ha="right", va="center", fontsize=8)
+    fig.suptitle(f"{dataset}: learned first-layer 5x5 filters (red +, blue -)", fontsize=9)
+    fig.tight_layout()
+    files.append(f"{dataset}_filters.png")
+    fig.savefig(out / files[-1])
+    plt.close(fig)
+
+    # a few test predictions: the first 8 images and the first 4 the book CNN got wrong
+    first = next(iter(runs.values()))
+    labels = data["labels_test"]
+    wrong = np.flatnonzero(first["_pred"] != labels)[:4]
+    picks = list(range(8)) + [int(i) for i in wrong]
+    names = FASHION_CLASSES if dataset == "fashion-mnist" else tuple(str(i) for i in range(10))
+    fig, axes = plt.subplots(1, len(picks), figsize=(0.95 * len(picks), 1.75), dpi=90)
+    for ax, i in zip(np.atleast_1d(axes), picks, strict=True):
+        ax.imshow(data["images_test"][i], cmap="gray_r")
+        ax.set_xticks([])
+        ax.set_yticks([])
+        lines = [f"true {names[labels[i]]}"]
+        for name, r in runs.items():
+            lines.append(f"{name} {names[r['_pred'][i]]}")
+        ok = all(r["_pred"][i] == labels[i] for r in runs.values())
+        ax.set_title("\n".join(lines), fontsize=6, color="black" if ok else "red")
+    fig.suptitle(
+        f"{dataset}: test predictions (first 8, then 4 the first model got wrong; red: a miss)",
+        fontsize=8,
+    )
+    fig.tight_layout()
+    files.append(f"{dataset}_predictions.png")
+    fig.savefig(out / files[-1])
+    plt.close(fig)
+    return files
+
+
+def load(dataset: str, data_dir: str | None) -> dict[str, Any]:
+    raw = D.load_mnist(dataset, data_dir)
+    book = D.book_preprocess(raw)
+    n_tr, n_te = book.X_train.shape[0], book.X_test.shape[0]
+    return {
+        "X_train": jnp.asarray(book.X_train.reshape(n_tr, 1, 28, 28)),
+        "y_train": jnp.asarray(book.y_train),
+        "X_test": jnp.asarray(book.X_test.reshape(n_te, 1, 28, 28)),
+        "labels_test": np.asarray(book.labels_test),
+        "images_test": np.asarray(raw[2]),
+        "mean": book.mean,
+        "std": book.std,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--dataset", choices=("mnist", "fashion-mnist"), default="mnist")
+    ap.add_argument("--data-dir", default=None, help="directory holding the four IDX files")
+    ap.add_argument("--out", default=None, help="output directory")
+    ap.add_argument("--figures", default=None, help="also copy the PNGs into this directory")
+    ap.add_argument("--batches", type=int, default=None, help="train on only N batches (quick)")
+    ap.add_argument("--models", default="book,strong")
+    ap.add_argument("--method", choices=conv.METHODS, default=conv.DEFAULT_METHOD)
+    ap.add_argument("--step-mode", choices=("scan", "step"), default="scan")
+    ap.add_argument("--lr-book", type=float, default=0.1)
+    ap.add_argument("--lr-strong", type=float, default=0.05)
+    ap.add_argument("--seed", type=int, default=BOOK_SEED)
+    ap.add_argument("--bench", action="store_true", help="also time formulations and modes")
+    ap.add_argument("--bench-only", action="store_true", help="only the speed table")
+    ap.add_argument("--bench-repeats", type=int, default=15)
+    args = ap.parse_args(argv)
+    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    for m in models:
+        if m not in MODELS:
+            ap.error(f"unknown model {m!r}; choose from {sorted(MODELS)}")
+    out = Path(args.out or f"results/ch5_cnn_{args.dataset}")
+    out.mkdir(parents=True, exist_ok=True)
+
+    t0 = time.perf_counter()
+    data = load(args.dataset, args.data_dir)
+    n_train = data["X_train"].shape[0]
+    print(
+        f"{args.dataset}: {n_train} train / {data['X_test'].shape[0]} test images, "
+        f"book preprocessing (mean {data['mean']:.4f}, std {data['std']:.4f}), "
+        f"loaded in {time.perf_counter() - t0:.1f} s"
+    )
+    result: dict[str, Any] = {
+        "experiment": "ch5_cnn",
+        "dataset": args.dataset,
+        "dtype": "float32",
+        "jax_version": jax.__version__,
+        "seed": args.seed,
+        "conv_method": args.method,
+        "cpu_count": os.cpu_count(),
+    }
+    if args.bench or args.bench_only:
+        result["speed"] = bench(data["X_train"], data["y_train"], args.bench_repeats, conv.METHODS)
+    if args.bench_only:
+        _write_json_atomic(out / "results.json", result)
+        print(f"wrote {out / 'results.json'}")
+        return 0
+
+    n_batches = n_train // BATCH if args.batches is None else min(args.batches, n_train // BATCH)
+    runs = {}
+    key = jax.random.key(args.seed)
+    for i, name in enumerate(models):
+        build, _ = MODELS[name]
+        lr = args.lr_book if name == "book" else args.lr_strong
+        runs[name] = train(
+            name,
+            build(args.method),
+            data,
+            lr=lr,
+            key=jax.random.fold_in(key, i),
+            n_batches=n_batches,
+            mode=args.step_mode,
+        )
+
+    print()
+    print(f"Chapter 5 CNNs on {args.dataset}, {n_batches} batches of {BATCH} (1 epoch = 1000)")
+    print(f"{'model':<8} {'book':>8} {'jaxscratch':>11}  {'ms/batch':>9}  description")
+    for name, r in runs.items():
+        book = f"{BOOK_MNIST_ACCURACY:.2f}%" if name == "book" and args.dataset == "mnist" else "-"
+        print(
+            f"{name:<8} {book:>8} {r['final_test_accuracy']:>10.2f}%  {r['ms_per_batch']:9.2f}  "
+            f"{MODELS[name][1]}"
+        )
+    files = _plots(out, args.dataset, runs, data)
+    if args.figures:
+        fig_dir = Path(args.figures)
+        fig_dir.mkdir(parents=True, exist_ok=True)
+        for f in files:
+            target = fig_dir / f"ch5_{f.replace('-', '_')}"
+            shutil.copyfile(out / f, target)
+            print(f"copied {f} to {target} ({target.stat().st_size} bytes)")
+    result.update(
+        {
+            "batches": n_batches,
+            "full_epoch": n_batches == n_train // BATCH,
+            "book_mnist_accuracy": BOOK_MNIST_ACCURACY if args.dataset == "mnist" else None,
+            "models": {
+                name: {"description": MODELS[name][1]}
+                | {k: v for k, v in r.items() if not k.startswith("_")}
+                for name, r in runs.items()
+            },
+            "plots": files,
+            "load_average_1m": os.getloadavg()[0],
+        }
+    )
+    _write_json_atomic(out / "results.json", result)
+    print(f"wrote {out / 'results.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
