@@ -1,9 +1,24 @@
-"""The ``jaxscratch`` command: ``jaxscratch gradcheck`` (the gradient oracle over the registry)."""
+"""The ``jaxscratch`` command.
+
+* ``jaxscratch gradcheck [OPS...]``: the gradient oracle over the op registry.
+* ``jaxscratch train CONFIG.toml [--run-dir DIR]``: a scripted training run (see
+  :mod:`jaxscratch.config` for the file, :mod:`jaxscratch.runs` for the run directory).
+* ``jaxscratch train --resume RUN_DIR``: continue a run from its last checkpoint.
+* ``jaxscratch evaluate RUN_DIR [--data NAME|FILE] [--split test|train]``: metrics of a saved model.
+
+Exit status: 0 success; 1 a failed run (diverged, corrupt or mismatched checkpoint, a failed
+gradient check); 2 a usage, config or data error; 130 interrupted (Ctrl-C; the last checkpoint is
+kept and the run can be resumed).
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+from collections.abc import Callable
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 
 def _gradcheck(args: argparse.Namespace) -> int:
@@ -20,25 +35,184 @@ def _gradcheck(args: argparse.Namespace) -> int:
     return 0 if all(r.passed for r in reports) else 1
 
 
+def _error(command: str, message: str) -> None:
+    print(f"jaxscratch {command}: {message}", file=sys.stderr)
+
+
+def _train(args: argparse.Namespace) -> int:
+    from jaxscratch import config, runs
+
+    if args.resume is None and args.config is None:
+        _error("train", "give a CONFIG.toml, or --resume RUN_DIR")
+        return EXIT_USAGE
+    if args.resume is not None and args.config is not None:
+        _error("train", "give either a CONFIG.toml or --resume RUN_DIR, not both")
+        return EXIT_USAGE
+    if args.resume is not None and args.run_dir is not None:
+        _error("train", "--run-dir is for new runs; --resume continues RUN_DIR in place")
+        return EXIT_USAGE
+    if args.stop_after is not None and args.stop_after < 1:
+        _error("train", f"--stop-after must be a positive epoch number, got {args.stop_after}")
+        return EXIT_USAGE
+    cfg = None
+    if args.config is not None:
+        try:
+            cfg = config.load_config(args.config)
+        except config.ConfigError as e:
+            _error("train", f"config error: {e}")
+            return EXIT_USAGE
+    try:
+        if args.resume is not None:
+            summary = runs.train(run_dir=args.resume, resume=True, stop_after=args.stop_after)
+        else:
+            summary = runs.train(cfg, args.run_dir, stop_after=args.stop_after)
+    except runs.RunError as e:
+        _error("train", str(e))
+        return e.exit_code
+    if summary["status"] == "diverged":
+        _error("train", summary["error"])
+    return runs.EXIT_CODES.get(summary["status"], EXIT_FAILED)
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from jaxscratch import runs
+
+    try:
+        result = runs.evaluate(
+            args.run_dir, data=args.data, split=args.split, checkpoint_path=args.checkpoint
+        )
+    except runs.RunError as e:
+        _error("evaluate", str(e))
+        return e.exit_code
+    print(json.dumps(result) if args.json else runs.format_evaluation(result))
+    return EXIT_OK
+
+
+TRAIN_EPILOG = """\
+The config is a TOML file: seed, epochs, batch_size, eval_every, loss, a [data] table, one
+[[layers]] table per layer, an [optimizer] table and an optional [schedule] table (see
+experiments/configs/ for examples, and the list of keys below). Unknown keys are errors.
+
+The run directory receives the resolved config (config.toml), data.json, metrics.jsonl (one line
+per evaluation), checkpoints/ (after every evaluation; .npz + manifest with sha256), loss_curves.png
+and summary.json.
+
+exit status: 0 done (or stopped by --stop-after), 1 diverged or failed, 2 usage/config/data error,
+130 interrupted (resume with --resume RUN_DIR)."""
+
+EVALUATE_EPILOG = """\
+--data takes a data set name (boston, mnist, fashion-mnist: its --split) or a .csv/.npz file laid
+out like the run's training data (all of its rows, preprocessed with the run's saved constants;
+an .npz holds X and y, or X_test and y_test).
+
+exit status: 0 done, 1 corrupt or mismatched checkpoint, 2 usage or data error."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose help may end with text computed only when help is shown."""
+
+    extra_help: Callable[[], str] | None = None
+
+    def format_help(self) -> str:
+        text = super().format_help()
+        return text + "\n" + self.extra_help() + "\n" if self.extra_help else text
+
+
+def _config_keys() -> str:
+    from jaxscratch.config import reference
+
+    return (
+        "config keys (required keys bare, defaults after '=', optional keys in brackets):\n"
+        + reference()
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="jaxscratch", description="Deep Learning from Scratch in JAX, gradients proven."
     )
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(
+        dest="command", required=True, metavar="COMMAND", parser_class=_Parser
+    )
     g = sub.add_parser(
         "gradcheck",
         help="check every registered op's hand-derived backward pass against jax.vjp and finite differences",
+        description="Check every registered op's hand-derived backward pass against jax.vjp and "
+        "central finite differences (float64). Exit status 1 if any op fails.",
     )
     g.add_argument("ops", nargs="*", help="only these registry names (default: all)")
     g.add_argument("--seed", type=int, default=0, help="seed of the oracle examples")
     g.set_defaults(func=_gradcheck)
+
+    t = sub.add_parser(
+        "train",
+        help="train a model described by a TOML config, or resume a run",
+        description="Train the model of CONFIG.toml, writing metrics, checkpoints, plots and a "
+        "summary into a run directory; or continue a run with --resume.",
+        epilog=TRAIN_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    t.add_argument("config", nargs="?", metavar="CONFIG.toml", help="the run's config file")
+    t.add_argument(
+        "--run-dir",
+        metavar="DIR",
+        help="where to write the run (default: runs/<config name>-<YYYYmmdd-HHMMSS>); "
+        "must not hold an earlier run",
+    )
+    t.add_argument(
+        "--resume",
+        metavar="RUN_DIR",
+        help="continue the run in RUN_DIR from its last checkpoint; the metrics and parameters "
+        "equal those of an uninterrupted run",
+    )
+    t.add_argument(
+        "--stop-after",
+        type=int,
+        metavar="EPOCH",
+        help="stop after the first evaluation at or past EPOCH (checkpointed; resume later)",
+    )
+    t.extra_help = _config_keys
+    t.set_defaults(func=_train)
+
+    e = sub.add_parser(
+        "evaluate",
+        help="report the loss and metrics of a run's saved model",
+        description="Load the last checkpoint of RUN_DIR (verified against its manifest) and "
+        "report the loss and metrics (accuracy, or MAE and RMSE) on a data set.",
+        epilog=EVALUATE_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    e.add_argument("run_dir", metavar="RUN_DIR", help="a run directory written by `train`")
+    e.add_argument("--data", metavar="NAME|FILE", help="evaluate on this data (default: the run's)")
+    e.add_argument(
+        "--split",
+        choices=("test", "train"),
+        default="test",
+        help="which split of a named data set (default: test)",
+    )
+    e.add_argument(
+        "--checkpoint", metavar="MANIFEST", help="a checkpoint manifest (.json) instead of the last"
+    )
+    e.add_argument("--json", action="store_true", help="print the result as one JSON object")
+    e.set_defaults(func=_evaluate)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``jaxscratch`` console script."""
-    args = build_parser().parse_args(argv)
-    return int(args.func(args))
+    """Entry point of the ``jaxscratch`` console script; returns the exit status.
+
+    Usage errors return 2 (``--help`` returns 0) instead of raising ``SystemExit``, so tests can
+    call ``main([...])`` in-process.
+    """
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as e:
+        return int(e.code or 0) if not isinstance(e.code, str) else EXIT_USAGE
+    try:
+        return int(args.func(args))
+    except KeyboardInterrupt:
+        print("jaxscratch: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

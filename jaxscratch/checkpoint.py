@@ -1,0 +1,352 @@
+"""Checkpoints you can trust: atomic writes, hashed contents, structure checked against the model.
+
+A checkpoint is two files in a checkpoint directory:
+
+* ``epoch-000004.npz``: every array leaf of the saved pytrees (params, optimizer state), written by
+  ``numpy.savez`` and read back with ``allow_pickle=False``. Arrays are named by their path in the
+  tree (``jax.tree_util.keystr``), prefixed by the tree's name: ``params[0]['W']``,
+  ``opt_state.velocity[1]['B']``. The names do not depend on the pytree's treedef, so a checkpoint
+  is restored by flattening a *template* (the model's freshly initialised params and optimizer
+  state) and filling its leaves by name.
+* ``epoch-000004.json``: the manifest: format, epoch, the .npz file's size and sha256, every leaf's
+  name, shape, dtype and sha256 (of its C-order bytes), and free-form ``meta`` (JSON).
+
+Writes are atomic: each file goes to a temporary file in the same directory, is flushed and
+fsync'd, and is moved into place with ``os.replace``; the .npz first, the manifest second. The
+manifest is what makes a checkpoint exist, so a process killed at any point leaves the previous
+checkpoint intact and at worst an orphaned temporary file or .npz (ignored, and overwritten later).
+:func:`latest` is the manifest with the highest epoch.
+
+Loading verifies, in order: the manifest parses and has every field; the .npz has the manifest's
+size and sha256 (a truncated or bit-flipped file is a :class:`CheckpointError` naming its path and
+both hashes); every array matches its manifest entry; the leaves match the template (a
+:class:`CheckpointMismatch` lists the missing, unexpected and mis-shaped leaves).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import jax
+import numpy as np
+
+FORMAT = "jaxscratch-checkpoint/1"
+_MANIFEST_RE = re.compile(r"epoch-(\d+)\.json")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be read or fails its integrity checks; the message names the file."""
+
+
+class CheckpointMismatch(CheckpointError):
+    """A checkpoint whose leaves do not match the model: ``missing``, ``unexpected`` and
+    ``mismatched`` (name, checkpoint shape/dtype, model shape/dtype) say which."""
+
+    def __init__(self, message: str, missing: list, unexpected: list, mismatched: list):
+        super().__init__(message)
+        self.missing, self.unexpected, self.mismatched = missing, unexpected, mismatched
+
+
+class Loaded(NamedTuple):
+    """A verified checkpoint: the rebuilt trees, the manifest's ``meta`` and its epoch and path."""
+
+    trees: dict[str, Any]
+    meta: dict[str, Any]
+    epoch: int
+    path: Path
+
+
+def leaf_names(name: str, tree: Any) -> list[tuple[str, Any]]:
+    """``[(name + keystr(path), leaf), ...]`` in flattening order. NamedTuples flatten by field
+    (``.velocity``), dicts by key (``['W']``), tuples by index (``[0]``)."""
+    flat, _ = jax.tree_util.tree_flatten_with_path(tree)
+    return [(name + jax.tree_util.keystr(path), leaf) for path, leaf in flat]
+
+
+def _sha256_bytes(data: bytes | memoryview) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _file_sha256(path: Path) -> tuple[str, int]:
+    h = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+            size += len(chunk)
+    return h.hexdigest(), size
+
+
+def _array_sha256(a: np.ndarray) -> str:
+    return _sha256_bytes(np.ascontiguousarray(a).tobytes())
+
+
+def _fsync_dir(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+_FILE_MODE = 0o666 & ~_umask()
+
+
+def atomic_write(path: Path, write: Callable[[Any], None], mode: str = "wb") -> None:
+    """Write ``path`` atomically: ``write(f)`` into a temp file beside it, fsync, ``os.replace``.
+
+    On any exception the temp file is removed and ``path`` is left as it was. The file gets the
+    usual permissions (0666 minus the umask), not ``mkstemp``'s 0600.
+    """
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        os.fchmod(fd, _FILE_MODE)
+        with os.fdopen(fd, mode) as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    _fsync_dir(path.parent)
+
+
+def _epoch_name(epoch: int) -> str:
+    return f"epoch-{epoch:06d}"
+
+
+def save(
+    directory: str | Path,
+    epoch: int,
+    trees: dict[str, Any],
+    meta: dict[str, Any] | None = None,
+    *,
+    keep: int | None = 2,
+) -> Path:
+    """Save ``trees`` (e.g. ``{"params": ..., "opt_state": ...}``) as the checkpoint of ``epoch``.
+
+    Returns the manifest path. ``meta``: JSON-serialisable extras (epoch counters, best loss).
+    ``keep``: how many of the newest checkpoints to keep (older ones are deleted after the new one
+    is in place; ``None`` keeps all).
+    """
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    arrays: dict[str, np.ndarray] = {}
+    leaves = []
+    for tname, tree in trees.items():
+        for lname, leaf in leaf_names(tname, tree):
+            a = np.asarray(leaf)
+            if a.dtype == object:
+                raise TypeError(f"checkpoint.save: leaf {lname} is not a numeric array")
+            arrays[lname] = a
+            leaves.append(
+                {
+                    "name": lname,
+                    "shape": list(a.shape),
+                    "dtype": a.dtype.str,
+                    "sha256": _array_sha256(a),
+                }
+            )
+    stem = _epoch_name(epoch)
+    npz = d / f"{stem}.npz"
+    atomic_write(npz, lambda f: np.savez(f, **arrays))
+    digest, size = _file_sha256(npz)
+    manifest = {
+        "format": FORMAT,
+        "epoch": int(epoch),
+        "file": npz.name,
+        "size": size,
+        "sha256": digest,
+        "leaves": leaves,
+        "meta": meta or {},
+    }
+    mpath = d / f"{stem}.json"
+    text = _manifest_text(manifest)
+    atomic_write(mpath, lambda f: f.write(text), mode="w")
+    if keep is not None:
+        for old in manifests(d)[:-keep]:
+            prune(old)
+    return mpath
+
+
+def _manifest_text(manifest: dict[str, Any]) -> str:
+    """The manifest as JSON, one line per field and per leaf (easy to read and to diff)."""
+    head = [
+        f" {json.dumps(k)}: {json.dumps(manifest[k])},"
+        for k in manifest
+        if k not in ("leaves", "meta")
+    ]
+    leaves = ",\n".join(f"  {json.dumps(leaf)}" for leaf in manifest["leaves"])
+    return (
+        "\n".join(
+            [
+                "{",
+                *head,
+                ' "leaves": [',
+                leaves,
+                " ],",
+                f' "meta": {json.dumps(manifest["meta"])}',
+                "}",
+            ]
+        )
+        + "\n"
+    )
+
+
+def manifests(directory: str | Path) -> list[Path]:
+    """The manifests in ``directory``, oldest epoch first."""
+    d = Path(directory)
+    if not d.is_dir():
+        return []
+    found = []
+    for p in d.iterdir():
+        m = _MANIFEST_RE.fullmatch(p.name)
+        if m:
+            found.append((int(m.group(1)), p))
+    return [p for _, p in sorted(found)]
+
+
+def latest(directory: str | Path) -> Path | None:
+    """The newest checkpoint's manifest in ``directory``, or ``None``."""
+    found = manifests(directory)
+    return found[-1] if found else None
+
+
+def prune(manifest: Path) -> None:
+    """Delete one checkpoint: its manifest first (so it stops existing), then its .npz."""
+    npz = manifest.with_suffix(".npz")
+    manifest.unlink(missing_ok=True)
+    npz.unlink(missing_ok=True)
+
+
+def read_manifest(path: str | Path) -> dict[str, Any]:
+    """Parse and check a manifest; :class:`CheckpointError` naming it if it is unusable."""
+    p = Path(path)
+    try:
+        manifest = json.loads(p.read_text(encoding="utf-8"))
+    except OSError as e:
+        raise CheckpointError(f"checkpoint manifest {p}: cannot read: {e.strerror or e}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(
+            f"checkpoint manifest {p} is corrupt or truncated (not valid JSON: {e})"
+        ) from None
+    need = ("format", "epoch", "file", "size", "sha256", "leaves", "meta")
+    if not isinstance(manifest, dict) or any(k not in manifest for k in need):
+        raise CheckpointError(f"checkpoint manifest {p} lacks fields; expected {list(need)}")
+    if manifest["format"] != FORMAT:
+        raise CheckpointError(
+            f"checkpoint manifest {p}: format {manifest['format']!r}, expected {FORMAT!r}"
+        )
+    return manifest
+
+
+def _read_arrays(manifest_path: Path, manifest: dict[str, Any]) -> dict[str, np.ndarray]:
+    npz = manifest_path.parent / manifest["file"]
+    if not npz.is_file():
+        raise CheckpointError(f"checkpoint {npz} is missing (named by {manifest_path})")
+    digest, size = _file_sha256(npz)
+    if digest != manifest["sha256"] or size != manifest["size"]:
+        raise CheckpointError(
+            f"checkpoint {npz} is corrupt: sha256 {digest} ({size} bytes) does not match the "
+            f"manifest's sha256 {manifest['sha256']} ({manifest['size']} bytes) in {manifest_path}"
+        )
+    try:
+        with np.load(npz, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+    except (OSError, ValueError) as e:  # cannot happen for a file with the right hash
+        raise CheckpointError(f"checkpoint {npz} cannot be read: {e}") from None
+    listed = {leaf["name"]: leaf for leaf in manifest["leaves"]}
+    if set(listed) != set(arrays):
+        raise CheckpointError(
+            f"checkpoint {npz}: arrays {sorted(set(arrays) ^ set(listed))} differ from the manifest"
+        )
+    for name, a in arrays.items():
+        e = listed[name]
+        if (
+            list(a.shape) != e["shape"]
+            or a.dtype.str != e["dtype"]
+            or _array_sha256(a) != e["sha256"]
+        ):
+            raise CheckpointError(
+                f"checkpoint {npz}: array {name} ({a.dtype} {a.shape}) does not match its manifest "
+                f"entry ({e['dtype']} {tuple(e['shape'])}, sha256 {e['sha256']})"
+            )
+    return arrays
+
+
+def _dtype_of(leaf: Any) -> np.dtype:
+    """The dtype of an array or ``jax.ShapeDtypeStruct`` template leaf."""
+    dtype = getattr(leaf, "dtype", None)
+    return np.dtype(dtype) if dtype is not None else np.asarray(leaf).dtype
+
+
+def load(manifest_path: str | Path, templates: dict[str, Any]) -> Loaded:
+    """Load and verify one checkpoint, rebuilding each tree in ``templates`` by leaf name.
+
+    ``templates``: ``{"params": params_like, "opt_state": state_like}`` with the structure, shapes
+    and dtypes the model expects: arrays, or ``jax.ShapeDtypeStruct`` leaves from
+    ``jax.eval_shape`` of the model's init. Raises :class:`CheckpointError` for a corrupt
+    checkpoint and :class:`CheckpointMismatch` for one that does not fit the templates.
+    """
+    mpath = Path(manifest_path)
+    manifest = read_manifest(mpath)
+    arrays = _read_arrays(mpath, manifest)
+    trees = {}
+    missing, mismatched = [], []
+    expected_names = set()
+    for tname, template in templates.items():
+        flat = leaf_names(tname, template)
+        _, treedef = jax.tree_util.tree_flatten(template)
+        leaves = []
+        for lname, leaf in flat:
+            expected_names.add(lname)
+            want_shape, want_dtype = tuple(np.shape(leaf)), _dtype_of(leaf)
+            if lname not in arrays:
+                missing.append((lname, want_shape, str(want_dtype)))
+                continue
+            a = arrays[lname]
+            if a.shape != want_shape or a.dtype != want_dtype:
+                mismatched.append((lname, a.shape, str(a.dtype), want_shape, str(want_dtype)))
+                continue
+            leaves.append(a)
+        if len(leaves) == len(flat):
+            trees[tname] = jax.tree_util.tree_unflatten(
+                treedef, [jax.numpy.asarray(a) for a in leaves]
+            )
+    unexpected = sorted(set(arrays) - expected_names)
+    if missing or unexpected or mismatched:
+        lines = [f"checkpoint {mpath.with_suffix('.npz')} does not match the model:"]
+        lines += [f"  missing leaf {n}: model expects {d} {s}" for n, s, d in missing]
+        lines += [
+            f"  unexpected leaf {n}: {arrays[n].dtype} {arrays[n].shape} (not in the model)"
+            for n in unexpected
+        ]
+        lines += [
+            f"  leaf {n}: checkpoint has {d} {s}, model expects {wd} {ws}"
+            for n, s, d, ws, wd in mismatched
+        ]
+        raise CheckpointMismatch("\n".join(lines), missing, unexpected, mismatched)
+    return Loaded(trees, manifest["meta"], int(manifest["epoch"]), mpath)

@@ -1,0 +1,211 @@
+"""Checkpoints: atomic writes, hash verification, structure checks against the model."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxscratch import checkpoint
+from jaxscratch.checkpoint import CheckpointError, CheckpointMismatch
+from jaxscratch.core import init_params, serial
+from jaxscratch.layers import dense
+from jaxscratch.optimizers import adam, sgd_momentum
+
+
+def _model(hidden=5, n_in=4):
+    net = serial(dense(hidden, "tanh"), dense(2))
+    _, params = init_params(net, jax.random.key(0), (n_in,))
+    return net, params
+
+
+def _trees(hidden=5, opt=None):
+    _, params = _model(hidden)
+    opt = opt or sgd_momentum(0.9)
+    state = opt.init(params)
+    # make the state non-trivial so a wrong leaf order would show
+    state = jax.tree.map(lambda a: a + 0.5, state)
+    return {"params": params, "opt_state": state}
+
+
+def _assert_trees_equal(a, b):
+    la, ta = jax.tree_util.tree_flatten(a)
+    lb, tb = jax.tree_util.tree_flatten(b)
+    assert ta == tb
+    for x, y in zip(la, lb, strict=True):
+        assert x.dtype == y.dtype and x.shape == y.shape
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_leaf_names_follow_the_tree_paths():
+    trees = _trees()
+    names = [n for n, _ in checkpoint.leaf_names("params", trees["params"])]
+    assert names == ["params[0]['B']", "params[0]['W']", "params[1]['B']", "params[1]['W']"]
+    names = [n for n, _ in checkpoint.leaf_names("opt_state", trees["opt_state"])]
+    assert names[0] == "opt_state.velocity[0]['B']"  # NamedTuple field, then the params path
+
+
+@pytest.mark.parametrize("opt", [sgd_momentum(0.9), adam()], ids=["momentum", "adam"])
+def test_roundtrip_is_bitwise_and_rebuilds_namedtuple_states(tmp_path, opt):
+    trees = _trees(opt=opt)
+    m = checkpoint.save(tmp_path, 3, trees, {"best_eval_loss": 1.25})
+    assert m.name == "epoch-000003.json" and checkpoint.latest(tmp_path) == m
+    template = _trees(opt=opt)
+    template = jax.tree.map(jnp.zeros_like, template)
+    loaded = checkpoint.load(m, template)
+    assert loaded.epoch == 3 and loaded.meta == {"best_eval_loss": 1.25}
+    _assert_trees_equal(loaded.trees, trees)
+    assert type(loaded.trees["opt_state"]) is type(trees["opt_state"])
+    manifest = json.loads(m.read_text())
+    assert manifest["format"] == checkpoint.FORMAT
+    entry = {e["name"]: e for e in manifest["leaves"]}["params[0]['W']"]
+    assert entry["shape"] == [4, 5] and entry["dtype"] == "<f8" and len(entry["sha256"]) == 64
+    with np.load(m.with_suffix(".npz"), allow_pickle=False) as z:
+        assert "params[0]['W']" in z.files
+
+
+def test_keeps_the_newest_checkpoints_only(tmp_path):
+    trees = _trees()
+    for epoch in range(4):
+        checkpoint.save(tmp_path, epoch, trees, keep=2)
+    assert [p.name for p in checkpoint.manifests(tmp_path)] == [
+        "epoch-000002.json",
+        "epoch-000003.json",
+    ]
+    assert sorted(p.name for p in tmp_path.glob("*.npz")) == [
+        "epoch-000002.npz",
+        "epoch-000003.npz",
+    ]
+
+
+def test_truncated_checkpoint_is_rejected_with_path_and_hashes(tmp_path):
+    m = checkpoint.save(tmp_path, 1, _trees())
+    npz = m.with_suffix(".npz")
+    data = npz.read_bytes()
+    npz.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError) as e:
+        checkpoint.load(m, _trees())
+    msg = str(e.value)
+    assert str(npz) in msg and json.loads(m.read_text())["sha256"] in msg and "corrupt" in msg
+
+
+def test_bit_flip_is_rejected(tmp_path):
+    m = checkpoint.save(tmp_path, 1, _trees())
+    npz = m.with_suffix(".npz")
+    data = bytearray(npz.read_bytes())
+    data[len(data) // 3] ^= 0x01
+    npz.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="sha256 [0-9a-f]{64}.*does not match"):
+        checkpoint.load(m, _trees())
+
+
+def test_corrupt_manifest_is_named(tmp_path):
+    m = checkpoint.save(tmp_path, 1, _trees())
+    m.write_text(m.read_text()[:40])
+    with pytest.raises(CheckpointError, match=f"manifest {m}.*not valid JSON"):
+        checkpoint.load(m, _trees())
+
+
+def test_missing_npz_is_named(tmp_path):
+    m = checkpoint.save(tmp_path, 1, _trees())
+    m.with_suffix(".npz").unlink()
+    with pytest.raises(CheckpointError, match="is missing"):
+        checkpoint.load(m, _trees())
+
+
+def test_structure_mismatch_names_leaves_and_shapes(tmp_path):
+    m = checkpoint.save(tmp_path, 1, _trees(hidden=5))
+    with pytest.raises(CheckpointMismatch) as e:
+        checkpoint.load(m, _trees(hidden=6))
+    msg = str(e.value)
+    assert "leaf params[0]['W']: checkpoint has float64 (4, 5), model expects float64 (4, 6)" in msg
+    assert "opt_state.velocity[1]['W']" in msg
+    assert len(e.value.mismatched) == 6 and not e.value.missing and not e.value.unexpected
+
+
+def test_missing_and_unexpected_leaves_are_listed(tmp_path):
+    m = checkpoint.save(tmp_path, 1, _trees())
+    bigger = _trees()
+    extra = {"W": jnp.zeros((2, 3)), "B": jnp.zeros((1, 3))}
+    bigger["params"] = (*bigger["params"], extra)
+    with pytest.raises(CheckpointMismatch) as e:
+        checkpoint.load(m, {"params": bigger["params"], "opt_state": bigger["opt_state"]})
+    assert "missing leaf params[2]['W']: model expects float64 (2, 3)" in str(e.value)
+    # the other way round: the checkpoint holds leaves the model lacks
+    m2 = checkpoint.save(tmp_path / "b", 1, bigger)
+    with pytest.raises(CheckpointMismatch) as e:
+        checkpoint.load(m2, _trees())
+    assert "unexpected leaf params[2]['B']" in str(e.value)
+
+
+def test_dtype_mismatch_is_reported(tmp_path):
+    trees = _trees()
+    m = checkpoint.save(tmp_path, 1, trees)
+    f32 = jax.tree.map(lambda a: np.asarray(a, np.float32), trees)
+    with pytest.raises(CheckpointMismatch, match="checkpoint has float64 .* expects float32"):
+        checkpoint.load(m, f32)
+
+
+def test_failed_write_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    trees = _trees()
+    checkpoint.save(tmp_path, 1, trees)
+    real_savez = np.savez
+
+    def dying_savez(f, **arrays):
+        real_savez(f, **arrays)
+        f.truncate(100)  # half-written, then the process "dies"
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(np, "savez", dying_savez)
+    with pytest.raises(KeyboardInterrupt):
+        checkpoint.save(tmp_path, 2, jax.tree.map(lambda a: a * 2, trees))
+    monkeypatch.undo()
+    assert [p.name for p in tmp_path.iterdir()] != [] and not list(tmp_path.glob(".*tmp"))
+    m = checkpoint.latest(tmp_path)
+    assert m.name == "epoch-000001.json"
+    _assert_trees_equal(checkpoint.load(m, trees).trees, trees)
+    # a failure between the .npz and the manifest leaves an orphan .npz: still epoch 1
+    monkeypatch.setattr(checkpoint, "_file_sha256", lambda p: (_ for _ in ()).throw(OSError("x")))
+    with pytest.raises(OSError):
+        checkpoint.save(tmp_path, 2, trees)
+    monkeypatch.undo()
+    assert (tmp_path / "epoch-000002.npz").exists()
+    assert checkpoint.latest(tmp_path).name == "epoch-000001.json"
+
+
+def test_sigkill_during_saves_leaves_a_valid_latest_checkpoint(tmp_path):
+    """A real process killed at an arbitrary moment of a save loop: the newest manifest verifies."""
+    script = textwrap.dedent(
+        """
+        import sys, numpy as np
+        from jaxscratch import checkpoint
+        big = {"W": np.arange(400_000, dtype=np.float64)}
+        for epoch in range(10_000):
+            checkpoint.save(sys.argv[1], epoch, {"params": {"W": big["W"] + epoch}}, keep=3)
+        """
+    )
+    proc = subprocess.Popen([sys.executable, "-c", script, str(tmp_path)])
+    try:
+        deadline = time.monotonic() + 60
+        while len(checkpoint.manifests(tmp_path)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        time.sleep(0.137)  # somewhere inside a later save
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    m = checkpoint.latest(tmp_path)
+    assert m is not None
+    template = {"params": {"W": np.zeros(400_000)}}
+    loaded = checkpoint.load(m, template)
+    np.testing.assert_array_equal(
+        np.asarray(loaded.trees["params"]["W"]), np.arange(400_000) + loaded.epoch
+    )
