@@ -9,14 +9,19 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from jaxscratch.core import Array, Op, register
+from jaxscratch.core import Array, Op, draw_dims, register
 
 
-def _example(shape: tuple[int, ...] = (5, 7), *, away_from: float | None = None, scale=1.0):
-    """Oracle example: standard normal ``x`` of ``shape`` (float64), kept >= 0.1 from ``away_from``."""
+def _example(shape: tuple[int, ...] | None = None, *, away_from: float | None = None, scale=1.0):
+    """Oracle example: normal ``x`` (float64, std ``scale``), kept >= 0.1 from ``away_from``.
+
+    Without a fixed ``shape``, a non-square (batch, features) shape is drawn from the key (from a
+    few sizes, so that 30 hypothesis examples compile only a handful of shapes).
+    """
 
     def example(key: Array):
-        x = scale * jax.random.normal(key, shape, jnp.float64)
+        dims = shape or draw_dims(jax.random.fold_in(key, 1), (2, 3), (4, 5))
+        x = scale * jax.random.normal(key, dims, jnp.float64)
         if away_from is not None:
             d = x - away_from
             x = away_from + jnp.where(d >= 0, d + 0.1, d - 0.1)
@@ -119,7 +124,7 @@ def _softmax_backward(cache: Array, dy: Array) -> tuple[tuple[()], Array]:
     return (), y * (dy - jnp.sum(dy * y, axis=-1, keepdims=True))
 
 
-softmax = register(Op("softmax", _softmax_forward, _softmax_backward), _example((6, 4), scale=2.0))
+softmax = register(Op("softmax", _softmax_forward, _softmax_backward), _example(scale=2.0))
 
 ACTIVATIONS: dict[str, Op] = {
     "linear": linear,

@@ -131,6 +131,23 @@ def loss_registry() -> dict[str, LossEntry]:
     return dict(_LOSSES)
 
 
+def draw_dims(key: Array, *ranges: tuple[int, int]) -> tuple[int, ...]:
+    """Distinct sizes, one from each inclusive ``(low, high)`` range, drawn from ``key``.
+
+    Oracle examples use it so that examples drawn from different keys (by hypothesis) vary in shape
+    as well as value, while staying non-square (no two sizes equal). Host integers, not traced.
+    """
+    import numpy as np
+
+    seed = np.asarray(jax.random.key_data(key)).ravel().astype(np.uint64).tolist()
+    rng = np.random.default_rng(seed)
+    for _ in range(1000):
+        dims = tuple(int(rng.integers(lo, hi + 1)) for lo, hi in ranges)
+        if len(set(dims)) == len(dims):
+            return dims
+    raise ValueError(f"draw_dims: cannot draw distinct sizes from {ranges}")
+
+
 def apply(
     op: Op, params: Params, x: Any, *, key: Array | None = None, train: bool = True
 ) -> tuple[Any, Any]:

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 
 from jaxscratch import init as initializers
 from jaxscratch.activations import get_activation
-from jaxscratch.core import Array, Op, Shape, register, serial
+from jaxscratch.core import Array, Op, Shape, draw_dims, register, serial
 from jaxscratch.dropout import dropout as make_dropout
 
 
@@ -49,27 +49,28 @@ def _bias_add_backward(cache: None, dy: Array) -> tuple[dict[str, Array], Array]
     return {"B": jnp.sum(dy, axis=0, keepdims=True)}, dy
 
 
-def _matrix_example(n_in: int = 7, n_out: int = 3, batch: int = 5):
-    def example(key: Array):
-        k1, k2 = jax.random.split(key)
-        return (
-            {"W": jax.random.normal(k1, (n_in, n_out), jnp.float64)},
-            jax.random.normal(k2, (batch, n_in), jnp.float64),
-        )
-
-    return example
+def _matrix_example(key: Array):
+    """x: (batch, n_in), W: (n_in, n_out), three distinct sizes drawn from the key."""
+    batch, n_in, n_out = draw_dims(jax.random.fold_in(key, 1), (2, 3), (4, 5), (6, 7))
+    k1, k2 = jax.random.split(key)
+    return (
+        {"W": jax.random.normal(k1, (n_in, n_out), jnp.float64)},
+        jax.random.normal(k2, (batch, n_in), jnp.float64),
+    )
 
 
 def _bias_example(key: Array):
+    """x: (batch, n), B: (1, n), batch != n drawn from the key."""
+    batch, n = draw_dims(jax.random.fold_in(key, 1), (2, 3), (4, 5))
     k1, k2 = jax.random.split(key)
     return (
-        {"B": jax.random.normal(k1, (1, 4), jnp.float64)},
-        jax.random.normal(k2, (6, 4), jnp.float64),
+        {"B": jax.random.normal(k1, (1, n), jnp.float64)},
+        jax.random.normal(k2, (batch, n), jnp.float64),
     )
 
 
 weight_multiply = register(
-    Op("weight_multiply", _weight_multiply_forward, _weight_multiply_backward), _matrix_example()
+    Op("weight_multiply", _weight_multiply_forward, _weight_multiply_backward), _matrix_example
 )
 bias_add = register(Op("bias_add", _bias_add_forward, _bias_add_backward), _bias_example)
 
@@ -144,12 +145,14 @@ def _dense_example(activation: str):
     """Example for a dense layer; pre-activations are Gaussian, a kink is hit with probability ~0."""
 
     def example(key: Array):
+        # the layer has 4 units; batch and n_in are drawn, distinct from each other and from 4
+        batch, n_in, _ = draw_dims(jax.random.fold_in(key, 1), (2, 3), (5, 6), (4, 4))
         k1, k2, k3 = jax.random.split(key, 3)
         params = {
-            "W": jax.random.normal(k1, (6, 4), jnp.float64),
+            "W": jax.random.normal(k1, (n_in, 4), jnp.float64),
             "B": jax.random.normal(k2, (1, 4), jnp.float64),
         }
-        x = jax.random.normal(k3, (5, 6), jnp.float64)
+        x = jax.random.normal(k3, (batch, n_in), jnp.float64)
         return params, x
 
     return example

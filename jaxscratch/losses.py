@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxscratch.core import Array, Loss, register_loss
+from jaxscratch.core import Array, Loss, draw_dims, register_loss
 
 
 def _check_same_shape(fn: str, pred: Array, target: Array) -> None:
@@ -42,8 +42,9 @@ def _mse_backward(cache: tuple[Array, int]) -> Array:
 
 
 def _mse_example(key: Array) -> tuple[Array, Array]:
+    dims = draw_dims(jax.random.fold_in(key, 1), (2, 3), (4, 5))
     k1, k2 = jax.random.split(key)
-    return jax.random.normal(k1, (7, 3), jnp.float64), jax.random.normal(k2, (7, 3), jnp.float64)
+    return jax.random.normal(k1, dims, jnp.float64), jax.random.normal(k2, dims, jnp.float64)
 
 
 mean_squared_error = register_loss(
