@@ -9,7 +9,7 @@ A config file (read with the standard library's :mod:`tomllib`)::
     eval_every = 10               # evaluate, log a metrics line and checkpoint every N epochs
     early_stopping = true         # the book's rule: stop (and restore) when the eval loss worsens
     dtype = "float64"             # or "float32"
-    step_mode = "scan"            # or "step" (see jaxscratch.trainer.fit)
+    step_mode = "auto"            # or "scan" / "step" (see jaxscratch.trainer.fit)
     loss = "mean_squared_error"   # a name from jaxscratch.losses.LOSSES
 
     [data]
@@ -678,7 +678,7 @@ TOP_LEVEL: dict[str, Field] = {
     "eval_every": Field(int_check(1), 10, "evaluate and checkpoint every N epochs"),
     "early_stopping": Field(bool_check, True),
     "dtype": Field(choice_check(["float64", "float32"]), "float64"),
-    "step_mode": Field(choice_check(["scan", "step"]), "scan"),
+    "step_mode": Field(choice_check(["auto", "scan", "step"]), "auto"),
     "loss": Field(choice_check(_losses), REQUIRED, "a loss name"),
     "data": Field(lambda k, v: v, REQUIRED, "a [data] table"),
     "layers": Field(_check_layers, REQUIRED, "[[layers]] tables"),

@@ -129,11 +129,15 @@ def _sce_forward(logits: Array, target: Array) -> tuple[Array, tuple[Array, Arra
     """
     t, valid = _targets("softmax_cross_entropy", logits, target)
     n = logits.shape[0]
-    logp = jax.nn.log_softmax(logits, axis=1)
+    # one exp for both the log-softmax and the softmax the backward pass needs
+    shifted = logits - jax.lax.stop_gradient(jnp.max(logits, axis=1, keepdims=True))
+    e = jnp.exp(shifted)
+    s = jnp.sum(e, axis=1, keepdims=True)  # >= 1: the max entry contributes exp(0)
+    logp = shifted - jnp.log(s)
     # t * logp with t == 0 and logp finite is 0: no 0 * inf, since log_softmax is finite here
     value = -jnp.sum(t * logp) / n
     value = jnp.where(jnp.all(valid), value, jnp.nan)
-    return value, (jnp.exp(logp), t, valid, n)
+    return value, (e / s, t, valid, n)
 
 
 def _sce_backward(cache: tuple[Array, Array, Array, int]) -> Array:
