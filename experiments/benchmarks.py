@@ -75,6 +75,8 @@ jax.config.update("jax_enable_x64", True)  # Boston is float64; the other models
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
+from jaxscratch.checkpoint import write_json_atomic  # noqa: E402
+
 HERE = Path(__file__).resolve().parent
 if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
@@ -825,15 +827,6 @@ def time_ch3(runs: int) -> dict[str, Any]:
         "runs_s": times,
         "wall_s": statistics.median(times),
     }
-
-
-def write_json_atomic(path: Path, obj: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(obj, f, indent=2)
-        f.write("\n")
-    os.replace(tmp, path)
 
 
 def main(argv: list[str] | None = None) -> int:

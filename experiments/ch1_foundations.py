@@ -12,14 +12,13 @@ Exits with status 1 if any figure does not match.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
+
+from jaxscratch.checkpoint import write_json_atomic as _write_json_atomic
 
 PLOT_NAME = "ch1_chain_deriv.png"
 
@@ -43,20 +42,6 @@ def _figure(name: str, book: str | list[str], ours) -> dict:
         "decimals": d,
         "match": bool(match),
     }
-
-
-def _write_json_atomic(path: Path, obj: dict) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=2)
-            f.write("\n")
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def _plot(path: Path, C) -> dict:

@@ -21,11 +21,8 @@ ch2_pred_vs_actual.png (the README plot) into that directory too.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -37,6 +34,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from jaxscratch import stepwise as sw  # noqa: E402
+from jaxscratch.checkpoint import write_json_atomic as _write_json_atomic  # noqa: E402
 from jaxscratch.data import BOSTON_FEATURES, boston_book_data  # noqa: E402
 from jaxscratch.metrics import mae, r2, rmse  # noqa: E402
 
@@ -51,20 +49,6 @@ RUNS = {  # the book's hyperparameters
     "network": {"seed": 180807, "lr": 0.001, "batch_size": 23, "n_iter": 10_000},
 }
 README_PLOT = "ch2_pred_vs_actual.png"
-
-
-def _write_json_atomic(path: Path, obj: dict) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=1)
-            f.write("\n")
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def _scores(P: np.ndarray, y: np.ndarray) -> dict:

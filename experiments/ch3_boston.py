@@ -11,13 +11,12 @@ Writes ``results.json`` and two plots into ``--out`` (default ``results/ch3_bost
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
+
+from jaxscratch.checkpoint import write_json_atomic
 
 BOOK = {  # REFERENCE.md, chapter 3: MAE, RMSE on the 152 test rows
     "linear": (3.52, 5.01),
@@ -36,14 +35,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--figures", type=Path, default=None, help="also copy the README plot here")
     p.add_argument("--no-plots", action="store_true", help="skip the plots (timing runs)")
     return p.parse_args(argv)
-
-
-def write_json_atomic(path: Path, obj: object) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(obj, f, indent=2)
-    os.replace(tmp, path)
 
 
 def main(argv: list[str] | None = None) -> int:

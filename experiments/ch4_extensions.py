@@ -26,11 +26,8 @@ Writes results.json, eval_loss.png and misclassified.png into the out dir.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -41,6 +38,7 @@ import numpy as np
 
 from jaxscratch import data as D
 from jaxscratch import trainer
+from jaxscratch.checkpoint import write_json_atomic as _write_json_atomic
 from jaxscratch.core import Loss, Op, init_params, serial
 from jaxscratch.layers import dense
 from jaxscratch.losses import mean_squared_error, softmax_cross_entropy
@@ -256,20 +254,6 @@ def plot_misclassified(path: Path, images: np.ndarray, labels: np.ndarray, guess
     fig.savefig(path)
     plt.close(fig)
     return int(np.sum(guess != labels))
-
-
-def _write_json_atomic(path: Path, obj: dict) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=2)
-            f.write("\n")
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 FASHION_CLASSES = ["T-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt",

@@ -29,11 +29,9 @@ Writes results.json, <dataset>_accuracy.png, <dataset>_filters.png and <dataset>
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -44,6 +42,7 @@ import numpy as np
 
 from jaxscratch import conv
 from jaxscratch import data as D
+from jaxscratch.checkpoint import write_json_atomic as _write_json_atomic
 from jaxscratch.conv import conv_layer, flatten, max_pool2d
 from jaxscratch.core import Op, init_params, serial
 from jaxscratch.layers import dense
@@ -343,20 +342,6 @@ def bench(X: jax.Array, Y: jax.Array, repeats: int, methods: tuple[str, ...]) ->
 # ------------------------------------------------------------------------------------------------
 # Plots and output
 # ------------------------------------------------------------------------------------------------
-
-
-def _write_json_atomic(path: Path, obj: dict) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=2)
-            f.write("\n")
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def _plots(out: Path, dataset: str, runs: dict[str, dict], data: dict) -> list[str]:

@@ -22,11 +22,8 @@ DIR/ch6_loss_curves.png; --figures copies the PNG there too.
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import os
 import shutil
-import tempfile
 import time
 from pathlib import Path
 
@@ -35,23 +32,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxscratch import charlm, clipping, optimizers
+from jaxscratch.checkpoint import write_json_atomic as _write_json_atomic
 
 PLOT_NAME = "ch6_loss_curves.png"
 BOOK = "book: no printed figures; loss curves fall steadily, LSTM->LSTM lowest (100 KB, 62 symbols)"
-
-
-def _write_json_atomic(path: Path, obj: dict) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(obj, f, indent=2, ensure_ascii=False)
-            f.write("\n")
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def _unigram_entropy(ids: np.ndarray, vocab_size: int) -> float:

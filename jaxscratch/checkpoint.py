@@ -134,6 +134,14 @@ def atomic_write(path: Path, write: Callable[[Any], None], mode: str = "wb") -> 
     _fsync_dir(path.parent)
 
 
+def write_json_atomic(path: str | Path, obj: Any) -> None:
+    """Write ``obj`` as indented JSON to ``path`` atomically (:func:`atomic_write`), creating
+    the parent directory. Experiments write their ``results.json`` with it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, lambda f: f.write(json.dumps(obj, indent=2) + "\n"), mode="w")
+
+
 def _epoch_name(epoch: int) -> str:
     return f"epoch-{epoch:06d}"
 
