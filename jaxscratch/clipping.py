@@ -18,25 +18,15 @@ shortens the step. A non-finite gradient stays non-finite (so divergence is stil
 from __future__ import annotations
 
 import functools
-import math
 from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from jaxscratch.optimizers import Optimizer
+from jaxscratch.schedules import check_positive
 
 Params = Any
-
-
-def _check_positive(fn: str, name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float | np.integer | np.floating):
-        raise TypeError(f"{fn}: {name} must be a number, got {type(value).__name__}")
-    v = float(value)
-    if not math.isfinite(v) or v <= 0:
-        raise ValueError(f"{fn}: {name} must be positive and finite, got {value!r}")
-    return v
 
 
 def _check_optimizer(fn: str, opt: Any) -> None:
@@ -68,7 +58,7 @@ def clip_by_global_norm(grads: Params, max_norm: float) -> Params:
 def clip_elementwise(opt: Optimizer, limit: float = 2.0) -> Optimizer:
     """``opt`` applied to gradients clipped entry-wise to ``[-limit, limit]`` (book: 2). Cached."""
     _check_optimizer("clip_elementwise", opt)
-    return _clip_elementwise(opt, _check_positive("clip_elementwise", "limit", limit))
+    return _clip_elementwise(opt, check_positive("clip_elementwise", "limit", limit))
 
 
 @functools.cache
@@ -82,7 +72,7 @@ def _clip_elementwise(opt: Optimizer, limit: float) -> Optimizer:
 def clip_global_norm(opt: Optimizer, max_norm: float) -> Optimizer:
     """``opt`` applied to gradients rescaled to a global norm of at most ``max_norm``. Cached."""
     _check_optimizer("clip_global_norm", opt)
-    return _clip_global_norm(opt, _check_positive("clip_global_norm", "max_norm", max_norm))
+    return _clip_global_norm(opt, check_positive("clip_global_norm", "max_norm", max_norm))
 
 
 @functools.cache

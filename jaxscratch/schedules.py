@@ -25,7 +25,8 @@ from typing import Any
 import numpy as np
 
 
-def _positive(fn: str, name: str, value: Any) -> float:
+def check_positive(fn: str, name: str, value: Any) -> float:
+    """``float(value)`` if it is a positive finite number; else ``TypeError``/``ValueError`` naming ``fn``."""
     if isinstance(value, bool) or not isinstance(value, int | float | np.integer | np.floating):
         raise TypeError(f"{fn}: {name} must be a number, got {type(value).__name__}")
     v = float(value)
@@ -80,13 +81,13 @@ class Schedule:
 
 def constant(lr: float) -> Schedule:
     """The same ``lr`` (> 0) every epoch."""
-    v = _positive("constant", "lr", lr)
+    v = check_positive("constant", "lr", lr)
     return Schedule("constant", v, v, None)
 
 
 def _decay(kind: str, lr: float, final_lr: float, epochs: int) -> Schedule:
     fn = f"{kind}_decay"
-    lr_v = _positive(fn, "lr", lr)
+    lr_v = check_positive(fn, "lr", lr)
     if isinstance(final_lr, bool) or not isinstance(
         final_lr, int | float | np.integer | np.floating
     ):
