@@ -85,10 +85,6 @@ ROWS = [
 ]  # fmt: skip
 
 
-class _Stop(Exception):
-    """Raised from the fit callback to end training (the book's early stopping)."""
-
-
 def _accuracy(pred: jax.Array, y: jax.Array) -> jax.Array:
     return jnp.mean(jnp.argmax(pred, axis=1) == jnp.argmax(y, axis=1))
 
@@ -132,7 +128,6 @@ def train_row(row, ds, epochs: int, seed: int, eval_every: int, log) -> dict[str
     _, params = init_params(net, init_key, (ds.X_train.shape[1],))
     sched = make_schedule(row, epochs)
     curve: list[dict[str, float]] = []
-    state = {"prev": params, "best": np.inf, "final": None, "stopped_at": None}
 
     def callback(info: dict[str, Any]) -> None:
         e = info["epoch"]
@@ -150,33 +145,23 @@ def train_row(row, ds, epochs: int, seed: int, eval_every: int, log) -> dict[str
             f"train {info['train_loss']:.4f}  test loss {info['eval_loss']:.4f}  "
             f"acc {100 * info['accuracy']:.2f}%"
         )
-        if e % eval_every == 0:
-            if info["eval_loss"] < state["best"]:
-                state["best"] = info["eval_loss"]
-            else:  # the book: keep the model from the start of this epoch and stop
-                state["final"], state["stopped_at"] = state["prev"], e
-                log(
-                    f"  [{row.key}] test loss rose at epoch {e}: keeping the model of epoch {e - 1}"
-                )
-                raise _Stop
-        state["prev"] = info["params"]
+        if info.get("stopped_early"):
+            log(f"  [{row.key}] test loss rose at epoch {e}: keeping the model of epoch {e - 1}")
 
     t0 = time.perf_counter()
-    try:
-        res = trainer.fit(
-            net, loss, opt, params, ds.X_train, ds.y_train,
-            epochs=epochs, batch_size=BATCH, key=fit_key, lr=sched,
-            eval_data=(ds.X_test, ds.y_test), eval_every=1, early_stopping=False,
-            metrics={"accuracy": _accuracy}, callback=callback,
-        )  # fmt: skip
-        final = res.params
-    except _Stop:
-        final = state["final"]
+    res = trainer.fit(
+        net, loss, opt, params, ds.X_train, ds.y_train,
+        epochs=epochs, batch_size=BATCH, key=fit_key, lr=sched,
+        eval_data=(ds.X_test, ds.y_test), eval_every=1, stop_every=eval_every,
+        metrics={"accuracy": _accuracy}, callback=callback,
+    )  # fmt: skip
+    final = res.params
+    stopped_at = res.history.restored_to_epoch + 1 if res.history.stopped_early else None
     seconds = time.perf_counter() - t0
     pred = np.asarray(trainer.predict(net, final, ds.X_test, batch_size=10000))
     guess = pred.argmax(axis=1)
     acc = 100.0 * float(np.mean(guess == ds.labels_test))
-    kept = state["stopped_at"] - 1 if state["stopped_at"] else len(curve)
+    kept = stopped_at - 1 if stopped_at else len(curve)
     return {
         "key": row.key,
         "label": row.label,
@@ -186,7 +171,7 @@ def train_row(row, ds, epochs: int, seed: int, eval_every: int, log) -> dict[str
         "settings": describe(row, epochs),
         "epochs_run": len(curve),
         "kept_epoch": kept,
-        "stopped_early": state["stopped_at"] is not None,
+        "stopped_early": stopped_at is not None,
         "seconds": seconds,
         "curve": curve,
         "_pred": guess,

@@ -289,6 +289,7 @@ def fit(
     lr: LR = 0.01,
     eval_data: tuple[Any, Any] | None = None,
     eval_every: int = 10,
+    stop_every: int | None = None,
     early_stopping: bool = True,
     metrics: dict[str, Callable[[Array, Array], Array]] | None = None,
     opt_state: Any = None,
@@ -310,7 +311,10 @@ def fit(
     Every ``eval_every`` epochs (and after the last) the loss on ``eval_data`` and any ``metrics``
     (``fn(pred, y) -> scalar``, jit-compatible) are computed. With ``early_stopping``, an
     evaluation that does not improve on the best so far restores the params **and** optimizer state
-    held at the start of that epoch and stops (the book's rule). ``start_epoch`` and ``opt_state``
+    held at the start of that epoch and stops (the book's rule). ``stop_every`` (a multiple of
+    ``eval_every``; default: every evaluation) makes only the evaluations at multiples of it take
+    part in early stopping, e.g. a per-epoch display with the book's every-10-epochs rule
+    (``eval_every=1, stop_every=10``). ``start_epoch`` and ``opt_state``
     resume a run (``best_eval_loss``: the best evaluation so far, for early stopping). A
     non-finite training loss raises :class:`TrainingDiverged`, carrying the params after the last
     finite epoch. ``callback(info)`` is called on the host after each evaluation period with
@@ -329,6 +333,11 @@ def fit(
     epochs = _check_int("epochs", epochs)
     batch_size = _check_int("batch_size", batch_size)
     eval_every = _check_int("eval_every", eval_every)
+    stop_every = eval_every if stop_every is None else _check_int("stop_every", stop_every)
+    if stop_every % eval_every:
+        raise ValueError(
+            f"fit: stop_every ({stop_every}) must be a multiple of eval_every ({eval_every})"
+        )
     start_epoch = _check_int("start_epoch", start_epoch, 0)
     if step_mode not in STEP_MODES:
         raise ValueError(f"fit: step_mode must be one of {STEP_MODES}, got {step_mode!r}")
@@ -412,11 +421,12 @@ def fit(
             history.eval_loss.append(value)
             history.eval_metrics.append({k: float(v) for k, v in mvals.items()})
             info.update(eval_loss=value, **history.eval_metrics[-1])
-            if early_stopping and not value < best:
-                params, opt_state = p_prev, s_prev
-                history.stopped_early = True
-                history.restored_to_epoch = epoch - 1
-            best = min(best, value)
+            if epoch % stop_every == 0 or stop_every == eval_every:
+                if early_stopping and not value < best:
+                    params, opt_state = p_prev, s_prev
+                    history.stopped_early = True
+                    history.restored_to_epoch = epoch - 1
+                best = min(best, value)
         if callback is not None:
             info.update(
                 params=params,

@@ -242,3 +242,21 @@ def test_fit_learns_boston_and_predict_batches():
     assert res.history.eval_loss[-1] < res.history.eval_loss[0]
     full = predict(net, res.params, Xte)
     np.testing.assert_allclose(predict(net, res.params, Xte, batch_size=50), full, rtol=1e-12)
+
+
+def test_stop_every_checks_only_some_evaluations():
+    """eval_every=1, stop_every=2: every epoch is evaluated, only even epochs can stop training."""
+    X, y = data(12)
+    params = init()
+    kw = dict(batch_size=4, lr=0.05, key=jax.random.key(3))
+    res = fit(
+        NET, mean_squared_error, COUNT_OPT, params, X, y, epochs=8, eval_data=(X, -y),
+        eval_every=1, stop_every=2, **kw,
+    )  # fmt: skip
+    h = res.history
+    # the eval loss rises every epoch, but epochs 1 and 3 do not count; epoch 2 sets the best
+    assert h.eval_epochs == [1, 2, 3, 4] and h.stopped_early and h.restored_to_epoch == 3
+    ref = fit(NET, mean_squared_error, COUNT_OPT, params, X, y, epochs=3, **kw)
+    assert_trees_equal(res.params, ref.params)
+    with pytest.raises(ValueError, match="multiple of eval_every"):
+        fit(NET, mean_squared_error, OPT, params, X, y, epochs=2, eval_every=2, stop_every=3, **kw)
