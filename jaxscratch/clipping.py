@@ -23,8 +23,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from jaxscratch.optimizers import Optimizer
-from jaxscratch.schedules import check_positive
+from jaxscratch.optimizers import Optimizer, check_positive
 
 Params = Any
 

@@ -93,12 +93,13 @@ def _check_number(
     return v
 
 
-def _check_eps(fn: str, eps: Any) -> float:
-    if isinstance(eps, bool) or not isinstance(eps, int | float | np.integer | np.floating):
-        raise TypeError(f"{fn}: eps must be a number, got {type(eps).__name__}")
-    v = float(eps)
+def check_positive(fn: str, name: str, value: Any) -> float:
+    """``float(value)`` if it is a positive finite number; else ``TypeError``/``ValueError`` naming ``fn``."""
+    if isinstance(value, bool) or not isinstance(value, int | float | np.integer | np.floating):
+        raise TypeError(f"{fn}: {name} must be a number, got {type(value).__name__}")
+    v = float(value)
     if not math.isfinite(v) or v <= 0:
-        raise ValueError(f"{fn}: eps must be positive and finite, got {eps!r}")
+        raise ValueError(f"{fn}: {name} must be positive and finite, got {value!r}")
     return v
 
 
@@ -147,7 +148,7 @@ def adagrad(eps: float = 1e-7) -> Optimizer:
     instead adds ``eps`` to ``h`` every step, inside the root). State: :class:`AdaGradState`,
     zeros at init. Cached.
     """
-    return _adagrad(_check_eps("adagrad", eps))
+    return _adagrad(check_positive("adagrad", "eps", eps))
 
 
 @functools.cache
@@ -179,7 +180,7 @@ def rmsprop(rho: float = 0.9, eps: float = 1e-8) -> Optimizer:
     so the first step is ``lr g / (sqrt(1 - rho) |g| + eps)``). State: :class:`RMSPropState`. Cached.
     """
     rho = _check_number("rmsprop", "rho", rho, 0.0, 1.0, high_open=True)
-    return _rmsprop(rho, _check_eps("rmsprop", eps))
+    return _rmsprop(rho, check_positive("rmsprop", "eps", eps))
 
 
 @functools.cache
@@ -215,7 +216,7 @@ def adam(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8) -> Optimizer:
     """
     b1 = _check_number("adam", "b1", b1, 0.0, 1.0, high_open=True)
     b2 = _check_number("adam", "b2", b2, 0.0, 1.0, high_open=True)
-    return _adam(b1, b2, _check_eps("adam", eps))
+    return _adam(b1, b2, check_positive("adam", "eps", eps))
 
 
 @functools.cache

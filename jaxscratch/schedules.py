@@ -24,15 +24,7 @@ from typing import Any
 
 import numpy as np
 
-
-def check_positive(fn: str, name: str, value: Any) -> float:
-    """``float(value)`` if it is a positive finite number; else ``TypeError``/``ValueError`` naming ``fn``."""
-    if isinstance(value, bool) or not isinstance(value, int | float | np.integer | np.floating):
-        raise TypeError(f"{fn}: {name} must be a number, got {type(value).__name__}")
-    v = float(value)
-    if not math.isfinite(v) or v <= 0:
-        raise ValueError(f"{fn}: {name} must be positive and finite, got {value!r}")
-    return v
+from jaxscratch.optimizers import check_positive
 
 
 def _epoch_index(fn: str, epoch: Any, epochs: int | None) -> int:
