@@ -13,11 +13,11 @@ Workloads (the shapes of the book's experiments; synthetic data of the same shap
   characters (62 symbols), sequences of 25, batch 32, mean softmax cross-entropy over batch and
   time, AdaGrad lr 0.01 with element-wise clipping to [-2, 2], 100 steps, float32. Besides
   ``fit`` on the book's consecutive windows, ``charlm`` times
-  :func:`jaxscratch.charlm.train_char_lm` (random windows, one-hot encoded in the program).
+  :func:`jaxscratch.book.charlm.train_char_lm` (random windows, one-hot encoded in the program).
 
 Implementations, each timed on the whole workload (``fit`` from Python to finished params):
 
-* ``jaxscratch``: :func:`jaxscratch.trainer.fit` with the hand-derived backward passes, in the
+* ``jaxscratch``: :func:`jaxscratch.train.loop.fit` with the hand-derived backward passes, in the
   trainer's default step mode; ``scan`` and ``per_step`` force ``step_mode="scan"`` / ``"step"``.
 * ``jax_grad`` (``_scan``, ``_per_step``): the same ``fit`` on a twin of the network whose
   ``backward`` is ``jax.vjp`` of its forward (and of the loss): the jax.grad gradients of the same
@@ -75,7 +75,7 @@ jax.config.update("jax_enable_x64", True)  # Boston is float64; the other models
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from jaxscratch.checkpoint import write_json_atomic  # noqa: E402
+from jaxscratch.runs.checkpoint import write_json_atomic  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 if str(HERE) not in sys.path:
@@ -83,8 +83,13 @@ if str(HERE) not in sys.path:
 
 import numpy_reference as ref  # noqa: E402
 
-from jaxscratch import charlm, clipping, conv, core, layers, losses, optimizers, rnn, trainer  # noqa: E402
+from jaxscratch import core  # noqa: E402
+from jaxscratch.book import charlm  # noqa: E402
 from jaxscratch.core import Loss, Op  # noqa: E402
+from jaxscratch.ops import conv, losses, rnn  # noqa: E402
+from jaxscratch.ops import dense as layers  # noqa: E402
+from jaxscratch.optim import clipping, optimizers  # noqa: E402
+from jaxscratch.train import loop as trainer  # noqa: E402
 
 WORKLOADS = ("boston", "mlp", "cnn", "lstm")
 
@@ -356,7 +361,7 @@ def cnn(quick: bool) -> Workload:
     sce = losses.softmax_cross_entropy
     fit_kw = dict(epochs=1, batch_size=bs, key=jax.random.key(1), lr=0.01)
     _jax_impls(w, quick, net, sce, opt, params, X, Y, **fit_kw)
-    if not quick:  # the other conv formulations of jaxscratch.conv, same params
+    if not quick:  # the other conv formulations of jaxscratch.ops.conv, same params
         twin_sce = vjp_loss(sce)
         xs = jax.ShapeDtypeStruct((bs, 1, side, side), jnp.float32)
         variants: list[tuple[str, Op, Loss, str]] = []

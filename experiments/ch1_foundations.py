@@ -1,7 +1,7 @@
-"""Chapter 1 (foundations): the book's printed figures, reproduced with jaxscratch.calculus.
+"""Chapter 1 (foundations): the book's printed figures, reproduced with jaxscratch.book.calculus.
 
 Inputs replay the book's numpy draws (``np.random.seed(s); X = randn(...); W = randn(...)``, X
-first). Every derivative comes from the hand-written chain rule in :mod:`jaxscratch.calculus`; a
+first). Every derivative comes from the hand-written chain rule in :mod:`jaxscratch.book.calculus`; a
 figure matches when ours, rounded to the digits the book printed, equals the book's value.
 
 Usage: python experiments/ch1_foundations.py [--out DIR] [--figures DIR]
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from jaxscratch.checkpoint import write_json_atomic as _write_json_atomic
+from jaxscratch.runs.checkpoint import write_json_atomic as _write_json_atomic
 
 PLOT_NAME = "ch1_chain_deriv.png"
 
@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     import jax
 
     jax.config.update("jax_enable_x64", True)
-    from jaxscratch import calculus as C
+    from jaxscratch.book import calculus as C
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="results/ch1_foundations", help="output directory")

@@ -1,6 +1,6 @@
 """Chapter 2 (fundamentals): step-by-step linear regression and a 13-unit sigmoid network on Boston.
 
-Both models use the hand-derived gradients of :mod:`jaxscratch.stepwise`, trained with SGD on the
+Both models use the hand-derived gradients of :mod:`jaxscratch.book.stepwise`, trained with SGD on the
 book's batch schedule in one jit-compiled call per run; float64 in both modes.
 
 --book: the book's procedure: numpy RNG replay (``np.random.seed`` stream: weights, then one
@@ -33,10 +33,10 @@ jax.config.update("jax_enable_x64", True)
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from jaxscratch import stepwise as sw  # noqa: E402
-from jaxscratch.checkpoint import write_json_atomic as _write_json_atomic  # noqa: E402
+from jaxscratch.book import stepwise as sw  # noqa: E402
 from jaxscratch.data import BOSTON_FEATURES, boston_book_data  # noqa: E402
-from jaxscratch.metrics import mae, r2, rmse  # noqa: E402
+from jaxscratch.runs.checkpoint import write_json_atomic as _write_json_atomic  # noqa: E402
+from jaxscratch.train.metrics import mae, r2, rmse  # noqa: E402
 
 BOOK = {  # REFERENCE.md, chapter 2
     "least_squares": (3.5671, 5.0476),

@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from jaxscratch.checkpoint import write_json_atomic
+from jaxscratch.runs.checkpoint import write_json_atomic
 
 BOOK = {  # REFERENCE.md, chapter 3: MAE, RMSE on the 152 test rows
     "linear": (3.52, 5.01),
@@ -47,13 +47,14 @@ def main(argv: list[str] | None = None) -> int:
     import jax.numpy as jnp
     import numpy as np
 
-    from jaxscratch import bookmode, metrics
+    from jaxscratch.book import bookmode
     from jaxscratch.core import serial
     from jaxscratch.data import boston_book_data
-    from jaxscratch.layers import dense
-    from jaxscratch.losses import mean_squared_error
-    from jaxscratch.optimizers import sgd
-    from jaxscratch.trainer import fit, predict
+    from jaxscratch.ops.dense import dense
+    from jaxscratch.ops.losses import mean_squared_error
+    from jaxscratch.optim.optimizers import sgd
+    from jaxscratch.train import metrics
+    from jaxscratch.train.loop import fit, predict
 
     dtype = jnp.float64 if args.book else jnp.float32
     X_train, X_test, y_train, y_test = boston_book_data()

@@ -37,13 +37,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxscratch import data as D
-from jaxscratch import trainer
-from jaxscratch.checkpoint import write_json_atomic as _write_json_atomic
 from jaxscratch.core import Loss, Op, init_params, serial
-from jaxscratch.layers import dense
-from jaxscratch.losses import mean_squared_error, softmax_cross_entropy
-from jaxscratch.optimizers import Optimizer, sgd, sgd_momentum
-from jaxscratch.schedules import constant, exponential_decay, linear_decay
+from jaxscratch.ops.dense import dense
+from jaxscratch.ops.losses import mean_squared_error, softmax_cross_entropy
+from jaxscratch.optim.optimizers import Optimizer, sgd, sgd_momentum
+from jaxscratch.optim.schedules import constant, exponential_decay, linear_decay
+from jaxscratch.runs.checkpoint import write_json_atomic as _write_json_atomic
+from jaxscratch.train import loop as trainer
 
 BOOK_SEED = 20190119
 HIDDEN = 89

@@ -7,7 +7,7 @@ strong: (our design) Conv(16, 5x5, relu, bias) -> max-pool 2x2 -> Conv(32, 3x3, 
         -> max-pool 2x2 -> flatten -> Dense(10); Glorot; same loss, optimizer (lr 0.05), batch and
         single epoch.
 
-Every step runs the hand-derived backward passes of :mod:`jaxscratch.conv` (``jax.grad`` is not
+Every step runs the hand-derived backward passes of :mod:`jaxscratch.ops.conv` (``jax.grad`` is not
 used). The test accuracy is taken after every 100 batches: training runs as jitted chunks of 100
 steps (``--step-mode scan``: one ``lax.scan`` over 100 batches per call; ``step``: one jitted step
 per batch, no host round trip inside a chunk), then the whole test set is evaluated (dropout off,
@@ -40,15 +40,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxscratch import conv
 from jaxscratch import data as D
-from jaxscratch.checkpoint import write_json_atomic as _write_json_atomic
-from jaxscratch.conv import conv_layer, flatten, max_pool2d
 from jaxscratch.core import Op, init_params, serial
-from jaxscratch.layers import dense
-from jaxscratch.losses import softmax_cross_entropy
-from jaxscratch.optimizers import Optimizer, sgd_momentum
-from jaxscratch.trainer import make_step, predict
+from jaxscratch.ops import conv
+from jaxscratch.ops.conv import conv_layer, flatten, max_pool2d
+from jaxscratch.ops.dense import dense
+from jaxscratch.ops.losses import softmax_cross_entropy
+from jaxscratch.optim.optimizers import Optimizer, sgd_momentum
+from jaxscratch.runs.checkpoint import write_json_atomic as _write_json_atomic
+from jaxscratch.train.loop import make_step, predict
 
 BOOK_SEED = 20190402
 BOOK_MNIST_ACCURACY = 90.31

@@ -3,12 +3,12 @@
 Every model trains on the same text with the same budget: the same iterations, batch, sequence
 length, optimizer (AdaGrad by default, the book's choice, or SGD), learning rate, gradient clipping
 (element-wise to [-2, 2] as in the book, or by global norm) and the same random windows (one data
-key for all models). Gradients are the hand-derived BPTT of :mod:`jaxscratch.rnn`; each
+key for all models). Gradients are the hand-derived BPTT of :mod:`jaxscratch.ops.rnn`; each
 ``--sample-every`` iterations run as one compiled ``lax.scan``.
 
 The book prints no numbers for this chapter: it trains on ~100 KB of Shakespeare-like text (62
 symbols) and shows that the loss curves fall steadily, the stacked LSTM lowest. Without a download
-we use ~100 KB of English prose that ships with Python (``jaxscratch.charlm.default_text``) or any
+we use ~100 KB of English prose that ships with Python (``jaxscratch.book.charlm.default_text``) or any
 ``--text FILE``; the table therefore sets our losses beside two baselines of the same text: the
 uniform guess ln(vocabulary) and the unigram entropy (the best loss without context).
 
@@ -31,8 +31,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxscratch import charlm, clipping, optimizers
-from jaxscratch.checkpoint import write_json_atomic as _write_json_atomic
+from jaxscratch.book import charlm
+from jaxscratch.optim import clipping, optimizers
+from jaxscratch.runs.checkpoint import write_json_atomic as _write_json_atomic
 
 PLOT_NAME = "ch6_loss_curves.png"
 BOOK = "book: no printed figures; loss curves fall steadily, LSTM->LSTM lowest (100 KB, 62 symbols)"

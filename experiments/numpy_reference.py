@@ -20,7 +20,7 @@ jaxscratch ones they are timed against, at the same cost:
   ``(1-y) log(1-p)`` term, which its gradient ignores, is dropped);
 * parameters take the dtype of the data (float32 models train in float32, as the JAX ones do);
 * the recurrent loss is the mean over batch and time (as ``sequence_softmax_cross_entropy``), and
-  AdaGrad is ``h += g^2; p -= lr g / (sqrt(h) + eps)`` (as :func:`jaxscratch.optimizers.adagrad`);
+  AdaGrad is ``h += g^2; p -= lr g / (sqrt(h) + eps)`` (as :func:`jaxscratch.optim.optimizers.adagrad`);
 * ``set_params`` loads given parameter values, so a test can check these gradients against the
   JAX ones.
 

@@ -1,5 +1,5 @@
 import sys
 
-from jaxscratch.cli import main
+from jaxscratch.runs.cli import main
 
 sys.exit(main())

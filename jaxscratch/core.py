@@ -7,7 +7,7 @@ Every operation in jaxscratch is a pair of pure functions::
 
 ``backward`` returns its gradients in the order of
 ``jax.vjp(lambda p, x: forward(p, x)[0], params, x)``, so the gradient oracle
-(:mod:`jaxscratch.gradcheck`) compares the two trees directly. ``cache`` is whatever ``forward``
+(:mod:`jaxscratch.oracle.check`) compares the two trees directly. ``cache`` is whatever ``forward``
 needs to keep for ``backward`` (documented per op). Parameter-free ops take ``params=()`` and return
 ``dparams=()``. Hyperparameters (slope, keep probability, stride) are bound when the op is built and
 never travel in ``params``.
@@ -21,7 +21,7 @@ An op may carry ``init(key, in_shape) -> (out_shape, params)``, where shapes exc
 lazily, as the book's layers do.
 
 Every op is registered with :func:`register` together with an oracle example
-``example(key) -> (params, x)``; :func:`registry` lists them, and the test-suite fails for a
+``example(key) -> (params, x)``; :func:`jaxscratch.ops.registry` lists them, and the test-suite fails for a
 registered op without an example and for a module-level op that is not registered.
 """
 
@@ -107,27 +107,18 @@ def register_loss(
     return loss
 
 
-def _import_all() -> None:
-    """Import every module that defines ops, so the registry is complete."""
-    import importlib
-    import pkgutil
+def registered() -> dict[str, Entry]:
+    """The ops registered so far, ``{name: Entry(op, example)}``.
 
-    import jaxscratch
-
-    for mod in pkgutil.iter_modules(jaxscratch.__path__):
-        if mod.name not in ("cli", "__main__"):
-            importlib.import_module(f"jaxscratch.{mod.name}")
-
-
-def registry() -> dict[str, Entry]:
-    """Every registered op, ``{name: Entry(op, example)}``, after importing all op modules."""
-    _import_all()
+    The registry is completed by importing :mod:`jaxscratch.ops`, whose ``__init__`` imports every
+    op module by name; :func:`jaxscratch.ops.registry` does that and is what callers use. The core
+    never imports upward to find ops.
+    """
     return dict(_REGISTRY)
 
 
-def loss_registry() -> dict[str, LossEntry]:
-    """Every registered loss, ``{name: LossEntry(loss, example)}``."""
-    _import_all()
+def registered_losses() -> dict[str, LossEntry]:
+    """The losses registered so far, ``{name: LossEntry(loss, example)}`` (see :func:`registered`)."""
     return dict(_LOSSES)
 
 

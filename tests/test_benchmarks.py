@@ -17,7 +17,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxscratch import charlm, conv, core, layers, losses, optimizers, rnn, trainer
+from jaxscratch import core
+from jaxscratch.book import charlm
+from jaxscratch.ops import conv, losses, rnn
+from jaxscratch.ops import dense as layers
+from jaxscratch.optim import optimizers
+from jaxscratch.train import loop as trainer
 
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
 sys.path.insert(0, str(EXPERIMENTS))
@@ -141,7 +146,7 @@ def test_numpy_lstm_matches_jax() -> None:
 
 def test_vjp_twin_matches_hand_derived() -> None:
     """The benchmark's jax.grad twin computes the same training step (dropout included)."""
-    from jaxscratch.dropout import dropout
+    from jaxscratch.ops.dropout import dropout
 
     net = core.serial(layers.dense(5, "tanh"), dropout(0.8), layers.dense(3))
     _, params = core.init_params(net, jax.random.key(0), (4,))

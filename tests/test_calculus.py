@@ -1,4 +1,4 @@
-"""Chapter 1 (jaxscratch.calculus): every hand-derived derivative against two oracles.
+"""Chapter 1 (jaxscratch.book.calculus): every hand-derived derivative against two oracles.
 
 Oracle 1 is JAX's autodiff (jax.vjp with a random cotangent, float64, rtol 1e-10); oracle 2 is a
 central finite difference (delta 1e-6, float64), which does not rely on autodiff at all. Shapes are
@@ -14,8 +14,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from jaxscratch import calculus as C
-from jaxscratch.calculus import Elementary
+from jaxscratch.book import calculus as C
+from jaxscratch.book.calculus import Elementary
 
 RTOL = 1e-10
 ATOL = 1e-12

@@ -9,12 +9,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxscratch import activations as A
-from jaxscratch.core import Loss, Op, apply, init_params, registry, serial
-from jaxscratch.dropout import dropout
-from jaxscratch.gradcheck import check_loss, check_op, check_registry
-from jaxscratch.layers import dense
-from jaxscratch.losses import LOSSES, mean_squared_error, softmax_cross_entropy
+from jaxscratch.core import Loss, Op, apply, init_params, serial
+from jaxscratch.ops import activations as A
+from jaxscratch.ops import registry
+from jaxscratch.ops.dense import dense
+from jaxscratch.ops.dropout import dropout
+from jaxscratch.ops.losses import LOSSES, mean_squared_error, softmax_cross_entropy
+from jaxscratch.oracle.check import check_loss, check_op, check_registry
 
 KEY = jax.random.key(4)
 

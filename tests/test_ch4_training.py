@@ -7,12 +7,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxscratch import trainer
 from jaxscratch.core import Loss, init_params, serial
-from jaxscratch.layers import dense
-from jaxscratch.losses import mean_squared_error, softmax_cross_entropy
-from jaxscratch.optimizers import sgd, sgd_momentum
-from jaxscratch.schedules import exponential_decay, linear_decay
+from jaxscratch.ops.dense import dense
+from jaxscratch.ops.losses import mean_squared_error, softmax_cross_entropy
+from jaxscratch.optim.optimizers import sgd, sgd_momentum
+from jaxscratch.optim.schedules import exponential_decay, linear_decay
+from jaxscratch.train import loop as trainer
 
 
 def _blobs(n_per_class: int = 100, k: int = 4, dim: int = 6, seed: int = 0, noise_seed: int = 0):

@@ -7,7 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxscratch import charlm, clipping, optimizers
+from jaxscratch.book import charlm
+from jaxscratch.optim import clipping, optimizers
 
 PATTERN = "hello world, "  # the next character depends on more than the current one ('l', 'o')
 

@@ -15,11 +15,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxscratch import checkpoint
-from jaxscratch.checkpoint import CheckpointError, CheckpointMismatch
 from jaxscratch.core import init_params, serial
-from jaxscratch.layers import dense
-from jaxscratch.optimizers import adam, sgd_momentum
+from jaxscratch.ops.dense import dense
+from jaxscratch.optim.optimizers import adam, sgd_momentum
+from jaxscratch.runs import checkpoint
+from jaxscratch.runs.checkpoint import CheckpointError, CheckpointMismatch
 
 
 def _model(hidden=5, n_in=4):
@@ -187,7 +187,7 @@ def test_sigkill_during_saves_leaves_a_valid_latest_checkpoint(tmp_path):
     script = textwrap.dedent(
         """
         import sys, numpy as np
-        from jaxscratch import checkpoint
+        from jaxscratch.runs import checkpoint
         big = {"W": np.arange(400_000, dtype=np.float64)}
         for epoch in range(10_000):
             checkpoint.save(sys.argv[1], epoch, {"params": {"W": big["W"] + epoch}}, keep=3)

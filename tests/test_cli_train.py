@@ -16,8 +16,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from jaxscratch import checkpoint, config, runs
-from jaxscratch.cli import main
+from jaxscratch.runs import checkpoint, config
+from jaxscratch.runs import run as runs
+from jaxscratch.runs.cli import main
 
 # Boston, a small dropout net, momentum and a decaying lr: every piece of state a resume must restore
 BASE = """\
@@ -137,7 +138,7 @@ def test_resume_after_interruption_equals_the_uninterrupted_run(full_run, tmp_pa
 
 
 def test_ctrl_c_keeps_the_last_checkpoint_and_the_run_resumes(full_run, tmp_path, monkeypatch):
-    import jaxscratch.trainer as trainer
+    import jaxscratch.train.loop as trainer
 
     real_fit = trainer.fit
 

@@ -10,9 +10,9 @@ import jax
 import numpy as np
 import pytest
 
-from jaxscratch import config
-from jaxscratch.config import ConfigError
 from jaxscratch.core import init_params
+from jaxscratch.runs import config
+from jaxscratch.runs.config import ConfigError
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "experiments" / "configs"
 

@@ -15,14 +15,14 @@ import numpy as np
 import pytest
 from jax import lax
 
-from jaxscratch import conv
-from jaxscratch.conv import conv2d, conv_axis, conv_layer, flatten, make_max_pool2d, max_pool2d
-from jaxscratch.core import Op, apply, init_params, registry, serial
-from jaxscratch.gradcheck import check_op
-from jaxscratch.layers import dense
-from jaxscratch.losses import softmax_cross_entropy
-from jaxscratch.optimizers import sgd_momentum
-from jaxscratch.trainer import fit, make_step
+from jaxscratch.core import Op, apply, init_params, serial
+from jaxscratch.ops import conv, registry
+from jaxscratch.ops.conv import conv2d, conv_axis, conv_layer, flatten, make_max_pool2d, max_pool2d
+from jaxscratch.ops.dense import dense
+from jaxscratch.ops.losses import softmax_cross_entropy
+from jaxscratch.optim.optimizers import sgd_momentum
+from jaxscratch.oracle.check import check_op
+from jaxscratch.train.loop import fit, make_step
 
 N, C_IN, C_OUT, H, W = 2, 3, 4, 7, 6
 

@@ -12,11 +12,12 @@ import pytest
 
 import jaxscratch
 from jaxscratch import core
-from jaxscratch.activations import relu, sigmoid, tanh
-from jaxscratch.core import Op, apply, register, registry, serial
-from jaxscratch.gradcheck import check_op
-from jaxscratch.layers import bias_add, dense, weight_multiply
-from jaxscratch.losses import mean_squared_error
+from jaxscratch.core import Op, apply, register, serial
+from jaxscratch.ops import registry
+from jaxscratch.ops.activations import relu, sigmoid, tanh
+from jaxscratch.ops.dense import bias_add, dense, weight_multiply
+from jaxscratch.ops.losses import mean_squared_error
+from jaxscratch.oracle.check import check_op
 
 
 def _module_level_ops() -> dict[str, Op]:

@@ -36,7 +36,7 @@ from jaxscratch.data import (
     read_idx,
     standardize,
 )
-from jaxscratch.metrics import accuracy, mae, r2, rmse
+from jaxscratch.train.metrics import accuracy, mae, r2, rmse
 
 REAL_MNIST = Path("/work/shared/data/mnist")
 DEBIAN_FASHION = Path("/usr/share/datasets/fashion-mnist")
@@ -468,7 +468,7 @@ def test_download_is_verified_and_cached_atomically(tmp_path, monkeypatch):
     assert f"{MIRRORS[1]}{NAMES[1]}.gz" not in web.calls
     assert {dst for _, dst in replaced} == {cache / (n + ".gz") for n in NAMES}
     for src, dst in replaced:  # each written to a temp file in the same directory, then replaced
-        assert src.parent == dst.parent and src != dst and src.name.endswith(".part")
+        assert src.parent == dst.parent and src != dst and src.name.endswith(".tmp")
     # the second call reads the cache and does not touch the network
     assert_same(load_mnist("tiny", urlopen=no_network), tiny_arrays())
 

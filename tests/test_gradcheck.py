@@ -9,13 +9,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from jaxscratch.cli import main as cli_main
-from jaxscratch.core import Loss, Op, loss_registry, registry, serial
-from jaxscratch.gradcheck import check_loss, check_op, check_registry, format_reports
-from jaxscratch.layers import dense
-from jaxscratch.losses import mean_squared_error
-from jaxscratch.optimizers import sgd
-from jaxscratch.trainer import make_step
+from jaxscratch.core import Loss, Op, serial
+from jaxscratch.ops import loss_registry, registry
+from jaxscratch.ops.dense import dense
+from jaxscratch.ops.losses import mean_squared_error
+from jaxscratch.optim.optimizers import sgd
+from jaxscratch.oracle.check import check_loss, check_op, check_registry, format_reports
+from jaxscratch.runs.cli import main as cli_main
+from jaxscratch.train.loop import make_step
 
 OPS = sorted(registry())
 LOSSES = sorted(loss_registry())
@@ -153,7 +154,7 @@ def test_oracle_catches_wrong_structure_and_non_tuple():
 
 def test_finite_differences_alone_catch_an_error_the_vjp_would_too():
     """The finite-difference half is independent: it flags a wrong gradient on its own."""
-    from jaxscratch.gradcheck import _fd_check
+    from jaxscratch.oracle.check import _fd_check
 
     W = _normal(jax.random.key(1), (4, 3))
     x = _normal(jax.random.key(2), (6, 4))

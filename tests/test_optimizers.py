@@ -9,8 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxscratch import optimizers as O
-from jaxscratch.schedules import Schedule, constant, exponential_decay, linear_decay
+from jaxscratch.optim import optimizers as O
+from jaxscratch.optim.schedules import Schedule, constant, exponential_decay, linear_decay
 
 # One scalar parameter and three gradients, so every step can be written out by hand.
 G1, G2, G3 = 0.5, -0.2, 0.1

@@ -17,15 +17,24 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxscratch import core, layers, losses, optimizers, parallel, trainer
+from jaxscratch import core
+from jaxscratch.ops import dense as layers
+from jaxscratch.ops import losses
+from jaxscratch.optim import optimizers
+from jaxscratch.train import loop as trainer
+from jaxscratch.train import parallel
 
 SCRIPT = textwrap.dedent(
     """
     import json, sys
     import jax, jax.numpy as jnp, numpy as np
     jax.config.update("jax_enable_x64", True)
-    from jaxscratch import core, layers, losses, optimizers, parallel, trainer
-
+    from jaxscratch import core
+    from jaxscratch.ops import dense as layers
+    from jaxscratch.ops import losses
+    from jaxscratch.optim import optimizers
+    from jaxscratch.train import parallel
+    from jaxscratch.train import loop as trainer
     assert len(jax.devices()) == 4, jax.devices()
     net = core.serial(layers.dense(7, "tanh"), layers.dense(3, "sigmoid"), layers.dense(2))
     _, params = core.init_params(net, jax.random.key(0), (5,))

@@ -1,7 +1,7 @@
 """Recurrent cells, BPTT, sequence layers, the sequence loss and gradient clipping (chapter 6).
 
 Every gradient test compares the hand-derived backward pass with jax.vjp (random cotangent,
-float64, rtol 1e-10 leaf-relative, plus central finite differences) via jaxscratch.gradcheck; the
+float64, rtol 1e-10 leaf-relative, plus central finite differences) via jaxscratch.oracle.check; the
 broken-op tests show that the oracle reports the book's GRU bug and a truncated BPTT.
 """
 
@@ -12,8 +12,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxscratch import clipping, gradcheck, optimizers, rnn
-from jaxscratch.core import registry, serial
+from jaxscratch.core import serial
+from jaxscratch.ops import registry, rnn
+from jaxscratch.optim import clipping, optimizers
+from jaxscratch.oracle import check as gradcheck
 
 RNN_ENTRIES = [
     "rnn_cell",

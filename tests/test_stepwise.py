@@ -1,4 +1,4 @@
-"""Chapter 2 (jaxscratch.stepwise): every hand-derived partial against jax.vjp / jax.grad and finite
+"""Chapter 2 (jaxscratch.book.stepwise): every hand-derived partial against jax.vjp / jax.grad and finite
 differences, which loss each gradient mode belongs to, the book's figures, and bad input."""
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ import jax.test_util
 import numpy as np
 import pytest
 
-from jaxscratch import stepwise as sw
+from jaxscratch.book import stepwise as sw
 from jaxscratch.data import boston_book_data
-from jaxscratch.metrics import mae, rmse
+from jaxscratch.train.metrics import mae, rmse
 
 RTOL = 1e-10
 N, D, H = 7, 5, 3  # non-square on purpose: a missing transpose is a shape error

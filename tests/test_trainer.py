@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 
 from jaxscratch.core import serial
-from jaxscratch.layers import dense
-from jaxscratch.losses import mean_squared_error
-from jaxscratch.optimizers import Optimizer, sgd
-from jaxscratch.trainer import TrainingDiverged, fit, make_step, predict
+from jaxscratch.ops.dense import dense
+from jaxscratch.ops.losses import mean_squared_error
+from jaxscratch.optim.optimizers import Optimizer, sgd
+from jaxscratch.train.loop import TrainingDiverged, fit, make_step, predict
 
 NET = serial(dense(4, "sigmoid"), dense(1), name="trainer_test_net")
 OPT = sgd()

@@ -6,12 +6,12 @@ A run directory holds::
     data.json          preprocessing constants (task, classes, feature mean/std) for evaluate
     metrics.jsonl      one JSON line per evaluation: epoch, lr, train_loss, eval_loss,
                        accuracy or mae/rmse, wall_time (seconds since the run began, across resumes)
-    checkpoints/       epoch-NNNNNN.npz + .json manifest (see jaxscratch.checkpoint); epoch 0 is
+    checkpoints/       epoch-NNNNNN.npz + .json manifest (see jaxscratch.runs.checkpoint); epoch 0 is
                        the initial params, then one per evaluation (the last two are kept)
     loss_curves.png    train/eval loss and the eval metrics against the epoch
     summary.json       status, epochs, final and best metrics, the last checkpoint, wall time
 
-:func:`train` runs a resolved config (see :mod:`jaxscratch.config`) from scratch or resumes it from
+:func:`train` runs a resolved config (see :mod:`jaxscratch.runs.config`) from scratch or resumes it from
 its last checkpoint. The trainer compiles the epochs between two evaluations into one call, so the
 host sees the run at every evaluation: that is when a metrics line is written, a checkpoint saved
 and the progress display advanced. Every epoch's shuffle and dropout keys derive from the seed and
@@ -33,9 +33,8 @@ from typing import Any, TextIO
 
 import numpy as np
 
-from jaxscratch import checkpoint
-from jaxscratch import config as cfgmod
-
+from jaxscratch.runs import checkpoint
+from jaxscratch.runs import config as cfgmod
 CONFIG_FILE = "config.toml"
 DATA_FILE = "data.json"
 METRICS_FILE = "metrics.jsonl"
@@ -445,7 +444,7 @@ def _train(
     stop_after: int | None,
     out: TextIO,
 ) -> dict[str, Any]:
-    from jaxscratch.trainer import TrainingDiverged, fit
+    from jaxscratch.train.loop import TrainingDiverged, fit
 
     data = _load_data(cfg)
     model = cfgmod.build_model(cfg)
@@ -649,7 +648,7 @@ def evaluate(
 def _evaluate(cfg, run_dir, data, split, checkpoint_path) -> dict[str, Any]:
     import jax.numpy as jnp
 
-    from jaxscratch.trainer import predict
+    from jaxscratch.train.loop import predict
 
     if split not in ("test", "train"):
         raise RunError(f"evaluate: --split must be 'test' or 'train', got {split!r}", 2)

@@ -27,7 +27,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxscratch.core import Loss, Op, apply, loss_registry, registry
+from jaxscratch.core import Loss, Op, apply
+from jaxscratch.ops import loss_registry, registry
 
 ORACLE_KEY_SEED = 0
 

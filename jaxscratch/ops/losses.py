@@ -125,7 +125,7 @@ def _sce_forward(logits: Array, target: Array) -> tuple[Array, tuple[Array, Arra
     stay finite and exact. Loss = -sum(target * log_softmax) / batch. Caches
     ``(softmax, target rows, row validity, batch)``; backward: ``(softmax - target) / batch``.
     Invalid target values raise when concrete; under ``jit`` they make the loss (and those rows'
-    gradient) NaN, which :func:`jaxscratch.trainer.fit` reports as ``TrainingDiverged``.
+    gradient) NaN, which :func:`jaxscratch.train.loop.fit` reports as ``TrainingDiverged``.
     """
     t, valid = _targets("softmax_cross_entropy", logits, target)
     n = logits.shape[0]

@@ -41,9 +41,9 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from jaxscratch import init as initializers
 from jaxscratch.core import Array, Loss, Op, Shape, register, register_loss, serial
-from jaxscratch.losses import softmax_cross_entropy
+from jaxscratch.ops import init as initializers
+from jaxscratch.ops.losses import softmax_cross_entropy
 
 State = tuple[Array, ...]
 CellParams = dict[str, Array]
@@ -561,7 +561,7 @@ def _seq_sce_forward(logits: Array, target: Array) -> tuple[Array, tuple]:
     """Mean over batch and time of -log softmax(logits[b, t])[target[b, t]].
 
     logits: (batch, T, k); target: (batch, T, k) one-hot (or probability) rows, or (batch, T)
-    integer ids. Computed as :data:`jaxscratch.losses.softmax_cross_entropy` on the (batch*T, k)
+    integer ids. Computed as :data:`jaxscratch.ops.losses.softmax_cross_entropy` on the (batch*T, k)
     rows (log-sum-exp, finite for any logits). Cache: ``(that loss's cache, logits shape)``;
     backward: ``(softmax - target) / (batch * T)``, reshaped to (batch, T, k).
     """

@@ -37,6 +37,8 @@ from typing import Any, NamedTuple
 import jax
 import numpy as np
 
+from jaxscratch import fileio
+
 FORMAT = "jaxscratch-checkpoint/1"
 _MANIFEST_RE = re.compile(r"epoch-(\d+)\.json")
 
@@ -70,76 +72,15 @@ def leaf_names(name: str, tree: Any) -> list[tuple[str, Any]]:
     return [(name + jax.tree_util.keystr(path), leaf) for path, leaf in flat]
 
 
-def _sha256_bytes(data: bytes | memoryview) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def _file_sha256(path: Path) -> tuple[str, int]:
-    h = hashlib.sha256()
-    size = 0
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-            size += len(chunk)
-    return h.hexdigest(), size
+_sha256_bytes = fileio.sha256_bytes
+_file_sha256 = fileio.file_sha256
+_fsync_dir = fileio.fsync_dir
+atomic_write = fileio.atomic_write
+write_json_atomic = fileio.write_json_atomic
 
 
 def _array_sha256(a: np.ndarray) -> str:
-    return _sha256_bytes(np.ascontiguousarray(a).tobytes())
-
-
-def _fsync_dir(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-_FILE_MODE = 0o666 & ~_umask()
-
-
-def atomic_write(path: Path, write: Callable[[Any], None], mode: str = "wb") -> None:
-    """Write ``path`` atomically: ``write(f)`` into a temp file beside it, fsync, ``os.replace``.
-
-    On any exception the temp file is removed and ``path`` is left as it was. The file gets the
-    usual permissions (0666 minus the umask), not ``mkstemp``'s 0600.
-    """
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.fchmod(fd, _FILE_MODE)
-        with os.fdopen(fd, mode) as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    _fsync_dir(path.parent)
-
-
-def write_json_atomic(path: str | Path, obj: Any) -> None:
-    """Write ``obj`` as indented JSON to ``path`` atomically (:func:`atomic_write`), creating
-    the parent directory. Experiments write their ``results.json`` with it."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, lambda f: f.write(json.dumps(obj, indent=2) + "\n"), mode="w")
+    return fileio.sha256_bytes(np.ascontiguousarray(a).tobytes())
 
 
 def _epoch_name(epoch: int) -> str:

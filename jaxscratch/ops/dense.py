@@ -10,10 +10,10 @@ import numbers
 import jax
 import jax.numpy as jnp
 
-from jaxscratch import init as initializers
-from jaxscratch.activations import get_activation
 from jaxscratch.core import Array, Op, Shape, draw_dims, register, serial
-from jaxscratch.dropout import dropout as make_dropout
+from jaxscratch.ops import init as initializers
+from jaxscratch.ops.activations import get_activation
+from jaxscratch.ops.dropout import dropout as make_dropout
 
 
 def _check_2d(fn: str, x: Array, n_in: int, pname: str, pshape: tuple[int, ...]) -> None:
@@ -95,7 +95,7 @@ def dense(
     ``dropout=keep_prob`` (the book's ``Dense(..., dropout=0.8)``) returns
     ``serial(dense, dropout(keep_prob, inverted=inverted))`` named ``dense[n,act]+dropout[p]``: a
     stochastic op whose params are ``(dense params, ())`` and whose cache is ``(dense cache,
-    mask)``; its forward takes ``key``/``train`` (see :mod:`jaxscratch.dropout`). ``dropout=None``
+    mask)``; its forward takes ``key``/``train`` (see :mod:`jaxscratch.ops.dropout`). ``dropout=None``
     or ``1.0`` adds no dropout op, as the book's layer does for ``dropout=1.0``.
     """
     if dropout is not None and not (

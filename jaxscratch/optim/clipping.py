@@ -1,7 +1,7 @@
 """Gradient clipping as optimizer wrappers (chapter 6).
 
 ``clip_elementwise(opt, limit)`` and ``clip_global_norm(opt, max_norm)`` return an
-:class:`~jaxscratch.optimizers.Optimizer` whose ``update`` clips the gradients and then calls
+:class:`~jaxscratch.optim.optimizers.Optimizer` whose ``update`` clips the gradients and then calls
 ``opt.update``; the state is ``opt``'s own. Both are pure ``jax.numpy`` (no host round trip), so
 they run under ``jit`` and inside ``lax.scan``. Like the optimizer factories they are cached: the
 same ``(opt, limit)`` gives the same object, so compiled training programs are reused.
@@ -23,7 +23,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from jaxscratch.optimizers import Optimizer, check_positive
+from jaxscratch.optim.optimizers import Optimizer, check_positive
 
 Params = Any
 

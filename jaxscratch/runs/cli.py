@@ -2,7 +2,7 @@
 
 * ``jaxscratch gradcheck [OPS...]``: the gradient oracle over the op registry.
 * ``jaxscratch train CONFIG.toml [--run-dir DIR]``: a scripted training run (see
-  :mod:`jaxscratch.config` for the file, :mod:`jaxscratch.runs` for the run directory).
+  :mod:`jaxscratch.runs.config` for the file, :mod:`jaxscratch.runs.run` for the run directory).
 * ``jaxscratch train --resume RUN_DIR``: continue a run from its last checkpoint.
 * ``jaxscratch evaluate RUN_DIR [--data NAME|FILE] [--split test|train]``: metrics of a saved model.
 
@@ -25,7 +25,7 @@ def _gradcheck(args: argparse.Namespace) -> int:
     import jax
 
     jax.config.update("jax_enable_x64", True)
-    from jaxscratch.gradcheck import check_registry, format_reports
+    from jaxscratch.oracle.check import check_registry, format_reports
 
     reports = check_registry(args.ops or None, seed=args.seed)
     if args.ops and not reports:
@@ -40,8 +40,8 @@ def _error(command: str, message: str) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from jaxscratch import config, runs
-
+    from jaxscratch.runs import config
+    from jaxscratch.runs import run as runs
     if args.resume is None and args.config is None:
         _error("train", "give a CONFIG.toml, or --resume RUN_DIR")
         return EXIT_USAGE
@@ -75,8 +75,7 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from jaxscratch import runs
-
+    from jaxscratch.runs import run as runs
     try:
         result = runs.evaluate(
             args.run_dir, data=args.data, split=args.split, checkpoint_path=args.checkpoint
@@ -119,7 +118,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _config_keys() -> str:
-    from jaxscratch.config import reference
+    from jaxscratch.runs.config import reference
 
     return (
         "config keys (required keys bare, defaults after '=', optional keys in brackets):\n"

@@ -8,13 +8,13 @@
 * Batches: :func:`sample_windows` draws ``batch`` random windows from a ``jax.random`` key:
   ``x = ids[i : i + T]``, ``y = ids[i + 1 : i + T + 1]``; the network sees ``x`` one-hot.
 * Models: :func:`char_model` builds ``"rnn"``, ``"lstm"``, ``"gru"`` or stacks such as
-  ``"lstm-lstm"`` from :mod:`jaxscratch.rnn` layers; the last layer's output is the vocabulary
+  ``"lstm-lstm"`` from :mod:`jaxscratch.ops.rnn` layers; the last layer's output is the vocabulary
   logits (batch, T, vocab).
-* Training: :func:`train_char_lm` with :data:`jaxscratch.rnn.sequence_softmax_cross_entropy`,
-  any :class:`~jaxscratch.optimizers.Optimizer` (AdaGrad, SGD, wrapped by
-  :mod:`jaxscratch.clipping`). Each call of the compiled program runs the ``sample_every``
+* Training: :func:`train_char_lm` with :data:`jaxscratch.ops.rnn.sequence_softmax_cross_entropy`,
+  any :class:`~jaxscratch.optim.optimizers.Optimizer` (AdaGrad, SGD, wrapped by
+  :mod:`jaxscratch.optim.clipping`). Each call of the compiled program runs the ``sample_every``
   iterations between two samples as one ``lax.scan`` (hand-derived gradients via
-  :func:`jaxscratch.trainer.make_step`), so the host sees the losses once per period.
+  :func:`jaxscratch.train.loop.make_step`), so the host sees the losses once per period.
 * Sampling: :func:`sample` continues a prime of ``window`` characters, one character at a time:
   each step feeds the last ``window`` characters (from the learned initial state, exactly as in
   training) and draws the next from ``softmax(logits / temperature)``. Seeded by a key.
@@ -33,10 +33,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxscratch import rnn
 from jaxscratch.core import Array, Op, Params, apply, serial
-from jaxscratch.optimizers import Optimizer, check_lr
-from jaxscratch.trainer import make_step
+from jaxscratch.ops import rnn
+from jaxscratch.optim.optimizers import Optimizer, check_lr
+from jaxscratch.train.loop import make_step
 
 DEFAULT_MAX_CHARS = 100_000
 #: fallback for :func:`default_text` when ``pydoc_data`` is missing (some distributions split it)
@@ -297,7 +297,7 @@ def train_char_lm(
     """Train a character model on random windows of ``ids`` (the encoded text, (n,) ints).
 
     Every iteration: ``batch_size`` windows of ``seq_len`` characters, one-hot inputs, the loss
-    :data:`~jaxscratch.rnn.sequence_softmax_cross_entropy` against the next characters, the
+    :data:`~jaxscratch.ops.rnn.sequence_softmax_cross_entropy` against the next characters, the
     hand-derived backward pass, ``optimizer.update`` with ``lr``. ``key`` is split into a data key
     (iteration ``i`` uses ``fold_in(data_key, i)``) and a sampling key (the sample after iteration
     ``i`` uses ``fold_in(sample_key, i)``), so runs are reproducible and two models trained with

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from jaxscratch.optimizers import check_positive
+from jaxscratch.optim.optimizers import check_positive
 
 
 def _epoch_index(fn: str, epoch: Any, epochs: int | None) -> int:

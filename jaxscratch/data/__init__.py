@@ -14,7 +14,6 @@ import http.client
 import math
 import os
 import sys
-import tempfile
 import urllib.request
 import zlib
 from collections.abc import Callable
@@ -23,6 +22,8 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
+
+from jaxscratch import fileio
 
 BOSTON_SHA256 = "04ea3ed0aa63691cfedf388349eafc1213e91e00f8e4d31747534692c0f1ce02"
 BOSTON_FEATURES = (
@@ -496,21 +497,6 @@ def _read_limited(resp: Any, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to a temp file in ``path``'s directory, fsync, then ``os.replace``."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def _download_mnist(
     name: str,
     spec: MnistSpec,
@@ -558,7 +544,7 @@ def _download_mnist(
             raise FileNotFoundError(_offline_message(name, spec, data_dir, attempts))
     cache.mkdir(parents=True, exist_ok=True)
     for fname, data in fetched.items():
-        _atomic_write(cache / f"{fname}.gz", data)
+        fileio.write_bytes_atomic(cache / f"{fname}.gz", data)
 
 
 def load_mnist(

@@ -7,7 +7,7 @@ shorter last batch), so Python dispatch costs one call per evaluation period; th
 device and batches are gathered there. ``step_mode="step"`` instead dispatches one jitted step per
 batch (still without host round trips), which is faster where XLA compiles a scanned body badly;
 the default ``"auto"`` chooses by a measured rule (:func:`auto_step_mode`). ``mesh=`` trains
-data-parallel (:mod:`jaxscratch.parallel`). :func:`enable_compilation_cache` opts in to JAX's
+data-parallel (:mod:`jaxscratch.train.parallel`). :func:`enable_compilation_cache` opts in to JAX's
 persistent compilation cache in a per-user cache directory.
 
 Randomness: ``key`` is split into a data key and a dropout key; epoch ``e`` shuffles with
@@ -30,9 +30,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
-from jaxscratch import parallel
 from jaxscratch.core import Array, Loss, Op, Params, apply
-from jaxscratch.optimizers import Optimizer, check_lr
+from jaxscratch.optim.optimizers import Optimizer, check_lr
+from jaxscratch.train import parallel
 
 LR = float | Sequence[float] | Callable[[int], float]
 
@@ -325,7 +325,7 @@ def fit(
     ``step_mode``: ``"scan"`` (the epochs of an evaluation period in one compiled call),
     ``"step"`` (one compiled call per batch) or ``"auto"`` (the default: :func:`auto_step_mode`
     picks one; the results are the same, only the speed differs). ``mesh``: data parallelism (see
-    :mod:`jaxscratch.parallel`): a :class:`jax.sharding.Mesh` with a ``"data"`` axis or a device
+    :mod:`jaxscratch.train.parallel`): a :class:`jax.sharding.Mesh` with a ``"data"`` axis or a device
     count. Every batch is split along ``"data"`` and params are replicated; the batch size must be a
     multiple of the device count (``ValueError`` otherwise), and a short last batch that is not
     runs replicated. Results equal one device's up to the order of floating-point sums.

@@ -2,7 +2,7 @@
 
 ``init(params) -> state``; ``update(grads, state, params, lr) -> (new_params, new_state)``. ``params``
 and ``grads`` are any pytree of the same structure; ``lr`` is an argument of ``update`` (a traced
-scalar under ``jit``), so a decaying learning rate never recompiles (see :mod:`jaxscratch.schedules`).
+scalar under ``jit``), so a decaying learning rate never recompiles (see :mod:`jaxscratch.optim.schedules`).
 Each optimizer's state is a ``NamedTuple`` whose array fields have the tree structure of ``params``.
 
 Factories are cached: the same hyperparameters give the *same* ``Optimizer`` object

@@ -2,7 +2,7 @@
 
 Every op follows the contract of :mod:`jaxscratch.core` (``forward(params, x) -> (y, cache)``,
 ``backward(cache, dy) -> (dparams, dx)``); the backward passes are derived by hand below and proven
-against ``jax.vjp`` and finite differences by :mod:`jaxscratch.gradcheck`.
+against ``jax.vjp`` and finite differences by :mod:`jaxscratch.oracle.check`.
 
 Layouts. Images are **NCHW**: ``x`` is ``(batch, C_in, H, W)``. Kernels are **OIHW**:
 ``W`` is ``(C_out, C_in, kh, kw)`` (square ``k x k`` in the book; ``(kh, kw)`` is allowed, e.g.
@@ -67,10 +67,10 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jaxscratch import init as initializers
-from jaxscratch.activations import get_activation
 from jaxscratch.core import Array, Op, Shape, register, serial
-from jaxscratch.dropout import dropout as make_dropout
+from jaxscratch.ops import init as initializers
+from jaxscratch.ops.activations import get_activation
+from jaxscratch.ops.dropout import dropout as make_dropout
 
 Padding = str | int
 METHODS = ("im2col", "taps", "xla")
@@ -299,7 +299,7 @@ def conv2d(
     ``Conv2D`` has no bias). ``kernel``: ``k`` (square) or ``(kh, kw)``. ``stride``: int >= 1.
     ``padding``: ``"same"`` (even kernels: the extra zero goes bottom/right), ``"valid"`` or an
     int. ``init`` (weights; the bias starts at zero): ``"normal"`` (standard normal) or
-    ``"glorot"`` (std ``sqrt(2 / (C_in kh kw + C_out kh kw))``, see :func:`jaxscratch.init.fans`).
+    ``"glorot"`` (std ``sqrt(2 / (C_in kh kw + C_out kh kw))``, see :func:`jaxscratch.ops.init.fans`).
     ``method``: ``"im2col"``, ``"taps"`` or ``"xla"`` (same results; speed differs).
     Cache: :class:`ConvCache`.
     """

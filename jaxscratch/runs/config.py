@@ -9,8 +9,8 @@ A config file (read with the standard library's :mod:`tomllib`)::
     eval_every = 10               # evaluate, log a metrics line and checkpoint every N epochs
     early_stopping = true         # the book's rule: stop (and restore) when the eval loss worsens
     dtype = "float64"             # or "float32"
-    step_mode = "auto"            # or "scan" / "step" (see jaxscratch.trainer.fit)
-    loss = "mean_squared_error"   # a name from jaxscratch.losses.LOSSES
+    step_mode = "auto"            # or "scan" / "step" (see jaxscratch.train.loop.fit)
+    loss = "mean_squared_error"   # a name from jaxscratch.ops.losses.LOSSES
 
     [data]
     name = "boston"               # boston | mnist | fashion-mnist | csv | npz
@@ -47,7 +47,7 @@ the run from it).
 Registries. Layer types, data sets, optimizers and schedules are looked up by name in the
 dictionaries below; an entry names the module that provides it, so a type whose module is not
 installed is reported as unavailable rather than unknown. Losses come from
-:data:`jaxscratch.losses.LOSSES`, activations from :data:`jaxscratch.activations.ACTIVATIONS`.
+:data:`jaxscratch.ops.losses.LOSSES`, activations from :data:`jaxscratch.ops.activations.ACTIVATIONS`.
 """
 
 from __future__ import annotations
@@ -68,7 +68,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from jaxscratch.core import Loss, Op, serial
-from jaxscratch.optimizers import Optimizer
+from jaxscratch.optim.optimizers import Optimizer
 
 
 class ConfigError(ValueError):
@@ -266,13 +266,13 @@ def _available(entries: dict[str, Any]) -> dict[str, Any]:
 
 
 def _activations() -> list[str]:
-    from jaxscratch.activations import ACTIVATIONS
+    from jaxscratch.ops.activations import ACTIVATIONS
 
     return list(ACTIVATIONS)
 
 
 def _inits() -> list[str]:
-    from jaxscratch.init import INITS
+    from jaxscratch.ops.init import INITS
 
     return list(INITS)
 
@@ -299,9 +299,9 @@ def _with_dropout(op: Op, spec: dict[str, Any]) -> Op:
     keep = spec.get("dropout", 1.0)
     if keep >= 1.0:
         return op
-    make_dropout = _resolve("jaxscratch.dropout", "dropout")
+    make_dropout = _resolve("jaxscratch.ops.dropout", "dropout")
     if make_dropout is None:
-        raise ConfigError("dropout: jaxscratch.dropout is not available")
+        raise ConfigError("dropout: jaxscratch.ops.dropout is not available")
     drop = make_dropout(keep, inverted=spec.get("inverted_dropout", False))
     return serial(op, drop, name=f"{op.name}+{drop.name}")
 
@@ -373,7 +373,7 @@ LAYERS: dict[str, LayerType] = {
             "dropout": _DROPOUT,
             "inverted_dropout": Field(bool_check, False),
         },
-        "jaxscratch.layers",
+        "jaxscratch.ops.dense",
         "dense",
         _build_dense,
         "the book's Dense layer: activation(x @ W + B), then dropout (keep probability)",
@@ -391,7 +391,7 @@ LAYERS: dict[str, LayerType] = {
             "padding": Field(_padding_check, "same"),
             "bias": Field(bool_check, False),
         },
-        "jaxscratch.conv",
+        "jaxscratch.ops.conv",
         "conv_layer",
         _build_conv,
         "the book's Conv2D layer on NCHW images: conv -> activation -> dropout -> [flatten]",
@@ -408,21 +408,21 @@ LAYERS: dict[str, LayerType] = {
             "dropout": _DROPOUT,
             "inverted_dropout": Field(bool_check, False),
         },
-        "jaxscratch.rnn",
+        "jaxscratch.ops.rnn",
         "recurrent_layer",
         _build_recurrent,
         "the book's RNN/LSTM/GRU layer: (batch, T, n_in) -> (batch, T, out), learned start state",
     ),
     "max_pool2d": LayerType(
         {"type": _TYPE, "size": Field(int_check(1), 2)},
-        "jaxscratch.conv",
+        "jaxscratch.ops.conv",
         "make_max_pool2d",
         _build_max_pool,
         "max pooling over size x size windows",
     ),
     "flatten": LayerType(
         {"type": _TYPE},
-        "jaxscratch.conv",
+        "jaxscratch.ops.conv",
         "flatten",
         _build_flatten,
         "(batch, ...) -> (batch, features)",
@@ -433,14 +433,14 @@ LAYERS: dict[str, LayerType] = {
             "keep_prob": Field(_KEEP_PROB, REQUIRED, "keep probability in (0, 1]"),
             "inverted": Field(bool_check, False),
         },
-        "jaxscratch.dropout",
+        "jaxscratch.ops.dropout",
         "dropout",
         _build_dropout,
         "dropout on its own (the book scales at inference; inverted scales in training)",
     ),
     "activation": LayerType(
         {"type": _TYPE, "activation": Field(choice_check(_activations), REQUIRED)},
-        "jaxscratch.activations",
+        "jaxscratch.ops.activations",
         "get_activation",
         _build_activation,
         "an activation on its own",
@@ -581,11 +581,11 @@ class OptimizerType:
 
 
 OPTIMIZERS: dict[str, OptimizerType] = {
-    "sgd": OptimizerType("jaxscratch.optimizers", "sgd"),
-    "sgd_momentum": OptimizerType("jaxscratch.optimizers", "sgd_momentum"),
-    "adam": OptimizerType("jaxscratch.optimizers", "adam"),
-    "rmsprop": OptimizerType("jaxscratch.optimizers", "rmsprop"),
-    "adagrad": OptimizerType("jaxscratch.optimizers", "adagrad"),
+    "sgd": OptimizerType("jaxscratch.optim.optimizers", "sgd"),
+    "sgd_momentum": OptimizerType("jaxscratch.optim.optimizers", "sgd_momentum"),
+    "adam": OptimizerType("jaxscratch.optim.optimizers", "adam"),
+    "rmsprop": OptimizerType("jaxscratch.optim.optimizers", "rmsprop"),
+    "adagrad": OptimizerType("jaxscratch.optim.optimizers", "adagrad"),
 }
 
 
@@ -643,16 +643,16 @@ def _check_schedule(key: str, value: Any) -> dict[str, Any]:
     return check_table(key, value, fields)
 
 
-#: Losses defined outside :data:`jaxscratch.losses.LOSSES`: name -> (module, attribute).
+#: Losses defined outside :data:`jaxscratch.ops.losses.LOSSES`: name -> (module, attribute).
 EXTRA_LOSSES: dict[str, tuple[str, str]] = {
-    "sequence_softmax_cross_entropy": ("jaxscratch.rnn", "sequence_softmax_cross_entropy"),
+    "sequence_softmax_cross_entropy": ("jaxscratch.ops.rnn", "sequence_softmax_cross_entropy"),
 }
 CLASSIFICATION_LOSSES = ("softmax_cross_entropy", "sequence_softmax_cross_entropy")
 
 
 def losses() -> dict[str, Loss]:
-    """Every loss a config can name: :data:`jaxscratch.losses.LOSSES` plus the available extras."""
-    from jaxscratch.losses import LOSSES
+    """Every loss a config can name: :data:`jaxscratch.ops.losses.LOSSES` plus the available extras."""
+    from jaxscratch.ops.losses import LOSSES
 
     table = dict(LOSSES)
     for name, (module, attr) in EXTRA_LOSSES.items():
@@ -785,7 +785,7 @@ def build_schedule(cfg: dict[str, Any]) -> Callable[[int], float]:
     """``schedule(epoch_index) -> lr`` for the run: constant, or the book's per-epoch decay."""
     lr = cfg["optimizer"]["lr"]
     sched = cfg["schedule"]
-    mod = importlib.import_module("jaxscratch.schedules")
+    mod = importlib.import_module("jaxscratch.optim.schedules")
     if sched["name"] == "constant":
         return mod.constant(lr)
     factory = mod.SCHEDULES[sched["name"]]
@@ -793,7 +793,7 @@ def build_schedule(cfg: dict[str, Any]) -> Callable[[int], float]:
 
 
 class Model(NamedTuple):
-    """Everything :func:`jaxscratch.trainer.fit` needs besides data and params."""
+    """Everything :func:`jaxscratch.train.loop.fit` needs besides data and params."""
 
     net: Op
     loss: Loss
