@@ -277,7 +277,7 @@ def isolated(tmp_path, monkeypatch):
         n_test=N_TEST,
     )
     monkeypatch.setitem(data.MNIST_DATASETS, "tiny", spec)
-    monkeypatch.setattr(data, "SYSTEM_DATA_DIRS", (tmp_path / "system",))
+    monkeypatch.setattr(data.mnist, "SYSTEM_DATA_DIRS", (tmp_path / "system",))
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     monkeypatch.delenv("JAXSCRATCH_DATA", raising=False)
@@ -456,7 +456,7 @@ def test_download_is_verified_and_cached_atomically(tmp_path, monkeypatch):
         replaced.append((Path(src), Path(dst)))
         real_replace(src, dst)
 
-    monkeypatch.setattr(data.os, "replace", spy_replace)
+    monkeypatch.setattr(os, "replace", spy_replace)
     got = load_mnist("tiny", urlopen=web)
     assert_same(got, tiny_arrays())
     cache = mnist_cache_dir("tiny")

