@@ -4,7 +4,7 @@
     python experiments/ch3_boston.py --book   # float64, the book's numpy draws: the book's table
 
 Three models (linear; 13 sigmoid + linear; 13, 13 sigmoid + linear), SGD lr 0.01, 50 epochs,
-batch 32, evaluation every 10 epochs with the book's early stopping, loss sum((pred - y)^2)/batch.
+batch 32, evaluation every 10 epochs with the book's early stopping (``book_rule(10)``), loss sum((pred - y)^2)/batch.
 Writes ``results.json`` and two plots into ``--out`` (default ``results/ch3_boston``).
 """
 
@@ -53,8 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     from jaxscratch.ops.dense import dense
     from jaxscratch.ops.losses import mean_squared_error
     from jaxscratch.optim.optimizers import sgd
-    from jaxscratch.train import metrics
-    from jaxscratch.train.loop import fit, predict
+    from jaxscratch.train import book_rule, fit, metrics, predict
 
     dtype = jnp.float64 if args.book else jnp.float32
     X_train, X_test, y_train, y_test = boston_book_data()
@@ -89,6 +88,7 @@ def main(argv: list[str] | None = None) -> int:
             lr=LR,
             eval_data=(Xte, yte),
             eval_every=EVAL_EVERY,
+            stopping=book_rule(EVAL_EVERY),
             **kw,
         )
         pred = np.asarray(predict(net, result.params, Xte), np.float64)

@@ -43,7 +43,7 @@ from jaxscratch.ops.losses import mean_squared_error, softmax_cross_entropy
 from jaxscratch.optim.optimizers import Optimizer, sgd, sgd_momentum
 from jaxscratch.optim.schedules import constant, exponential_decay, linear_decay
 from jaxscratch.runs.checkpoint import write_json_atomic as _write_json_atomic
-from jaxscratch.train import loop as trainer
+from jaxscratch.train import book_rule, fit, predict
 
 BOOK_SEED = 20190119
 HIDDEN = 89
@@ -145,23 +145,24 @@ def train_row(row, ds, epochs: int, seed: int, eval_every: int, log) -> dict[str
             f"train {info['train_loss']:.4f}  test loss {info['eval_loss']:.4f}  "
             f"acc {100 * info['accuracy']:.2f}%"
         )
-        if info.get("stopped_early"):
-            log(f"  [{row.key}] test loss rose at epoch {e}: keeping the model of epoch {e - 1}")
+        if info["stopped"]:
+            kept = info["state"].epoch
+            log(f"  [{row.key}] test loss rose at epoch {e}: keeping the model of epoch {kept}")
 
     t0 = time.perf_counter()
-    res = trainer.fit(
+    res = fit(
         net, loss, opt, params, ds.X_train, ds.y_train,
         epochs=epochs, batch_size=BATCH, key=fit_key, lr=sched,
-        eval_data=(ds.X_test, ds.y_test), eval_every=1, stop_every=eval_every,
+        eval_data=(ds.X_test, ds.y_test), eval_every=1, stopping=book_rule(eval_every),
         metrics={"accuracy": _accuracy}, callback=callback,
     )  # fmt: skip
     final = res.params
-    stopped_at = res.history.restored_to_epoch + 1 if res.history.stopped_early else None
+    stopped_at = res.history.stopped_epoch if res.history.stopped_early else None
     seconds = time.perf_counter() - t0
-    pred = np.asarray(trainer.predict(net, final, ds.X_test, batch_size=10000))
+    pred = np.asarray(predict(net, final, ds.X_test, batch_size=10000))
     guess = pred.argmax(axis=1)
     acc = 100.0 * float(np.mean(guess == ds.labels_test))
-    kept = stopped_at - 1 if stopped_at else len(curve)
+    kept = res.state.epoch
     return {
         "key": row.key,
         "label": row.label,

@@ -1,0 +1,111 @@
+"""fit's inputs on the host: the data (checked, then put on the device once) and learning rates.
+
+* :func:`device_data` checks ``(X, y)`` (rows, NaN/inf) and returns device arrays; a large numpy
+  array is copied once into a 64-byte-aligned buffer that the device array aliases (numpy's copy
+  is several times faster than the transfer path of ``jnp.asarray``).
+* :class:`LearningRates` turns ``lr`` (a number, a sequence, or ``schedule(epoch_index)``) into the
+  rates of a period of epochs, lazily: ``epochs=10**9`` builds no list of 10**9 floats.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxscratch.core import Array, Params
+from jaxscratch.validate import check_lr, is_number
+
+LR = float | Sequence[float] | Callable[[int], float]
+
+_ALIGN = 64  # bytes: XLA's CPU client aliases host memory aligned like this instead of copying
+
+
+def to_device(a: Any) -> Array:
+    """A device array for ``a``. JAX arrays pass through; a numpy array is copied once into a
+    64-byte-aligned host buffer which the device array then aliases; already aligned arrays are
+    not copied (``fit`` uses its data only while it runs)."""
+    if isinstance(a, jax.Array):
+        return a
+    h = np.asarray(a)
+    try:
+        dtype = np.dtype(jax.dtypes.canonicalize_dtype(h.dtype))
+    except (TypeError, ValueError):
+        return jnp.asarray(h)
+    if h.dtype == dtype and h.flags.c_contiguous and h.ctypes.data % _ALIGN == 0:
+        return jax.device_put(h)
+    if h.nbytes < (1 << 20):  # small arrays: the plain path
+        return jnp.asarray(h, dtype)
+    raw = np.empty(h.size * dtype.itemsize + _ALIGN, np.uint8)
+    offset = -raw.ctypes.data % _ALIGN
+    buf = raw[offset : offset + h.size * dtype.itemsize].view(dtype).reshape(h.shape)
+    np.copyto(buf, h, casting="same_kind")
+    return jax.device_put(buf)
+
+
+def device_data(what: str, X: Any, y: Any) -> tuple[Array, Array]:
+    """``(X, y)`` on the device after checking them: X (n, ...) and y (n, ...), n >= 1, no NaN
+    or infinite floats. ``what`` names the set in messages ("training", "eval")."""
+    Xh, yh = np.asarray(X), np.asarray(y)  # a view, no copy, for arrays already on the CPU
+    if Xh.ndim == 0 or Xh.shape[0] == 0:
+        raise ValueError(f"fit: {what} X is empty (shape {Xh.shape})")
+    if yh.ndim == 0 or Xh.shape[0] != yh.shape[0]:
+        raise ValueError(f"fit: {what} X has {Xh.shape[0]} rows but y has shape {yh.shape}")
+    for name, arr in (("X", Xh), ("y", yh)):
+        if np.issubdtype(arr.dtype, np.floating) and not np.all(np.isfinite(arr)):
+            raise ValueError(f"fit: {what} {name} holds NaN or infinite values")
+    return to_device(X), to_device(y)
+
+
+def lr_dtype(params: Params) -> np.dtype:
+    """The narrowest floating dtype among the params (float32 params get float32 learning rates,
+    so ``p - lr * g`` keeps their dtype even with ``jax_enable_x64``); JAX's default float if none.
+    """
+    floats = [
+        np.dtype(leaf.dtype)
+        for leaf in jax.tree.leaves(params)
+        if hasattr(leaf, "dtype") and jnp.issubdtype(leaf.dtype, jnp.floating)
+    ]
+    if not floats:
+        return np.dtype(jnp.result_type(float))
+    return min(floats, key=lambda d: d.itemsize)
+
+
+class LearningRates:
+    """``rates(first, count)``: the learning rates of epochs ``first .. first + count - 1``
+    (0-based) as floats, each checked with :func:`~jaxscratch.validate.check_lr`.
+
+    ``lr``: a number (Python or numpy scalar, 0-d array), a sequence with one rate per epoch
+    (at least ``epochs`` of them, checked up front) or ``schedule(epoch_index) -> lr``.
+    """
+
+    def __init__(self, lr: LR, epochs: int):
+        if isinstance(lr, jax.Array):
+            lr = np.asarray(lr)
+        if is_number(lr):
+            self._constant: float | None = check_lr("fit", lr)
+        else:
+            self._constant = None
+            if not callable(lr):
+                if isinstance(lr, str | bytes) or not isinstance(lr, Sequence | np.ndarray):
+                    raise TypeError(
+                        "fit: lr must be a number, a sequence of numbers or a schedule "
+                        f"(epoch_index -> lr), got {type(lr).__name__}"
+                    )
+                if len(lr) < epochs:
+                    raise ValueError(
+                        f"fit: the lr sequence has {len(lr)} entries, {epochs} epochs need one each"
+                    )
+        self._lr = lr
+
+    def rate(self, epoch: int) -> float:
+        if self._constant is not None:
+            return self._constant
+        value = self._lr(epoch) if callable(self._lr) else self._lr[epoch]
+        return check_lr("fit", value)
+
+    def rates(self, first: int, count: int) -> list[float]:
+        return [self.rate(e) for e in range(first, first + count)]
