@@ -313,7 +313,7 @@ def test_dropout_keep_one_is_identity():
 
 @pytest.mark.parametrize("keep", [0.0, -0.1, 1.5, float("nan"), float("inf")])
 def test_dropout_rejects_bad_keep_prob(keep):
-    with pytest.raises(ValueError, match=r"dropout: keep_prob must be in \(0, 1\]"):
+    with pytest.raises(ValueError, match=r"dropout: keep_prob must be a finite number in \(0, 1\]"):
         dropout(keep)
 
 
@@ -324,8 +324,10 @@ def test_dropout_rejects_bad_types():
         dropout(True)
     with pytest.raises(TypeError, match="inverted"):
         dropout(0.8, inverted=1)
-    with pytest.raises(ValueError, match="keep_prob"):
+    with pytest.raises(ValueError, match=r"dense: dropout must be a finite number in \(0, 1\]"):
         dense(4, "tanh", dropout=0.0)
+    with pytest.raises(TypeError, match="dense: dropout must be a number"):
+        dense(4, "tanh", dropout="0.8")
 
 
 def test_dense_with_dropout_structure():
@@ -359,5 +361,5 @@ def test_glorot_init_std():
     assert p["B"].shape == (1, fan_out)
     _, p_normal = init_params(dense(fan_out, "tanh"), KEY, (fan_in,))
     assert abs(np.asarray(p_normal["W"]).std() - 1.0) < 0.01
-    with pytest.raises(ValueError, match="unknown init"):
+    with pytest.raises(ValueError, match="dense: init must be one of 'normal', 'glorot'"):
         dense(3, init="he")

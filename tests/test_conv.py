@@ -17,9 +17,10 @@ from jax import lax
 
 from jaxscratch.core import Op, apply, init_params, serial
 from jaxscratch.ops import conv, registry
-from jaxscratch.ops.conv import conv2d, conv_axis, conv_layer, flatten, make_max_pool2d, max_pool2d
+from jaxscratch.ops.conv import conv2d, conv_axis, conv_layer
 from jaxscratch.ops.dense import dense
 from jaxscratch.ops.losses import softmax_cross_entropy
+from jaxscratch.ops.pool import flatten, make_max_pool2d, max_pool2d
 from jaxscratch.optim.optimizers import sgd_momentum
 from jaxscratch.oracle.check import check_op
 from jaxscratch.train.loop import fit, make_step
@@ -474,8 +475,26 @@ def test_bad_inputs_raise_naming_the_op_and_shapes():
     ):
         with pytest.raises(ValueError, match="conv2d|conv_layer|max_pool2d|init"):
             bad()
+    for bad in (
+        lambda: conv2d(4, True),
+        lambda: conv2d(4, 3, stride="2"),
+        lambda: conv2d(4, 3, padding=1.0),
+        lambda: conv_layer(4, 3, dropout="0.8"),
+        lambda: make_max_pool2d(2.0),
+    ):
+        with pytest.raises(TypeError, match="conv2d|conv_layer|max_pool2d"):
+            bad()
     with pytest.raises(ValueError, match="per-row"):
         init_params(op, jax.random.key(0), (28, 28))
+
+
+def test_numpy_scalar_arguments_are_numbers_everywhere():
+    """One validator: a numpy keep probability or size means the same in conv_layer and dense."""
+    assert conv_layer(4, 3, dropout=np.float32(0.8)).name == conv_layer(4, 3, dropout=0.8).name
+    assert dense(4, dropout=np.float32(0.8)).name == dense(4, dropout=0.8).name
+    assert conv_layer(4, 3, dropout=np.float64(1.0)).name == conv_layer(4, 3).name
+    assert conv2d(np.int64(4), np.int32(3), stride=np.int8(2)).name == conv2d(4, 3, stride=2).name
+    assert make_max_pool2d(np.int64(3)).name == "max_pool2d[3]"
 
 
 def test_float32_matches_float64():

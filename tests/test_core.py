@@ -102,8 +102,10 @@ def test_shape_errors_name_the_op_and_shapes():
         dense(2).forward({"W": W, "B": jnp.ones((1, 2))}, jnp.ones((4, 5)))
     with pytest.raises(ValueError, match="neurons"):
         dense(0)
-    with pytest.raises(ValueError, match="unknown init"):
+    with pytest.raises(ValueError, match="init must be one of"):
         dense(3, init="uniform")
+    with pytest.raises(TypeError, match="dense: neurons must be an integer"):
+        dense(2.0)
 
 
 def test_mse_rejects_broadcasting_shapes():

@@ -212,8 +212,12 @@ def test_shape_errors_name_the_op_and_shapes():
     layer = rnn.lstm_layer(5, 3)
     with pytest.raises(ValueError, match=r"lstm_layer\[5,3\]: expects inputs of shape"):
         layer.init(jax.random.key(0), (4,))
-    with pytest.raises(ValueError, match="hidden must be a positive integer"):
+    with pytest.raises(ValueError, match=r"rnn_layer: hidden must be an integer in \[1, inf\)"):
         rnn.rnn_layer(0, 3)
+    with pytest.raises(TypeError, match="rnn_layer: out must be an integer"):
+        rnn.rnn_layer(4, 3.0)
+    with pytest.raises(ValueError, match="gru_layer: weight_scale must be positive"):
+        rnn.gru_layer(4, 3, weight_scale=0.0)
     with pytest.raises(ValueError, match="unknown cell"):
         rnn.recurrent_layer("transformer", 4, 4)
 

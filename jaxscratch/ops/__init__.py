@@ -7,7 +7,7 @@ test fails for an op module-level ``Op`` that is not registered.
 """
 
 from jaxscratch.core import Entry, LossEntry, registered, registered_losses
-from jaxscratch.ops import activations, conv, dense, dropout, init, losses, rnn  # noqa: F401
+from jaxscratch.ops import activations, cells, conv, dense, dropout, init, losses, pool, rnn  # noqa: F401
 
 
 def registry() -> dict[str, Entry]:

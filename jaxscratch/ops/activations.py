@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxscratch.core import Array, Op, draw_dims, register
+from jaxscratch.validate import check_float
 
 
 def _example(shape: tuple[int, ...] | None = None, *, away_from: float | None = None, scale=1.0):
@@ -92,8 +93,7 @@ def make_leaky_relu(slope: float = 0.2) -> Op:
 
     Caches the mask x > 0; dy/dx = 1 there and ``slope`` elsewhere (``slope`` at x = 0).
     """
-    if not 0.0 <= slope < 1.0:
-        raise ValueError(f"leaky_relu: slope must be in [0, 1), got {slope}")
+    slope = check_float("leaky_relu", "slope", slope, minimum=0.0, maximum=1.0, high_open=True)
 
     def forward(params: tuple[()], x: Array) -> tuple[Array, Array]:
         del params

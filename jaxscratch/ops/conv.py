@@ -1,4 +1,4 @@
-"""Convolution (the book's chapter 5): ``conv2d``, ``max_pool2d``, ``flatten`` and ``conv_layer``.
+"""Convolution (the book's chapter 5): ``conv2d`` and the book's ``conv_layer``.
 
 Every op follows the contract of :mod:`jaxscratch.core` (``forward(params, x) -> (y, cache)``,
 ``backward(cache, dy) -> (dparams, dx)``); the backward passes are derived by hand below and proven
@@ -53,208 +53,75 @@ oracle, all jit/scan compatible):
   convolutions badly on CPU (the book's layer, batch 60: 15-34 ms per batch in a scan against
   3-4 ms jitted per step, and 3x im2col's full training step), hence not the default.
 
-``max_pool2d``: non-overlapping ``p x p`` windows (default 2x2, stride 2); odd sizes are floored
-(the last row/column is dropped and gets zero gradient). Ties: the gradient goes to the **first**
-maximum of a window in row-major order ``(0,0), (0,1), (1,0), (1,1)`` only.
+The formulations live in :mod:`jaxscratch.ops.conv_methods` (one forward and one backward function
+each); ``flatten`` and ``max_pool2d`` in :mod:`jaxscratch.ops.pool` (re-exported here).
 """
 
 from __future__ import annotations
 
-import math
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-from jax import lax
 
 from jaxscratch.core import Array, Op, Shape, register, serial
 from jaxscratch.ops import init as initializers
 from jaxscratch.ops.activations import get_activation
+from jaxscratch.ops.conv_methods import BACKWARD, FORWARD, Padding, conv_axis, conv_geometry
 from jaxscratch.ops.dropout import dropout as make_dropout
+from jaxscratch.ops.pool import flatten, make_max_pool2d, max_pool2d
+from jaxscratch.validate import check_choice, check_int, check_positive_int, check_probability
 
-Padding = str | int
-METHODS = ("im2col", "taps", "xla")
+METHODS = tuple(FORWARD)
 DEFAULT_METHOD = "im2col"
+_FLATTEN = flatten  # conv_layer's ``flatten`` argument shadows the name
 
 
 # ------------------------------------------------------------------------------------------------
-# Geometry
+# Arguments
 # ------------------------------------------------------------------------------------------------
 
 
 def _check_padding(fn: str, padding: Padding) -> Padding:
     if isinstance(padding, str):
-        if padding not in ("same", "valid"):
-            raise ValueError(
-                f"{fn}: padding must be 'same', 'valid' or an int >= 0, got {padding!r}"
-            )
-        return padding
-    if isinstance(padding, bool) or not isinstance(padding, int) or padding < 0:
-        raise ValueError(f"{fn}: padding must be 'same', 'valid' or an int >= 0, got {padding!r}")
-    return int(padding)
-
-
-def _check_pos_int(fn: str, what: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ValueError(f"{fn}: {what} must be a positive integer, got {value!r}")
-    return int(value)
+        return check_choice(fn, "padding", padding, ("same", "valid"))
+    return check_int(fn, "padding", padding, minimum=0)
 
 
 def _kernel_hw(fn: str, kernel: int | tuple[int, int]) -> tuple[int, int]:
     if isinstance(kernel, tuple | list):
         if len(kernel) != 2:
             raise ValueError(f"{fn}: kernel must be an int or a pair (kh, kw), got {kernel!r}")
-        return _check_pos_int(fn, "kernel height", kernel[0]), _check_pos_int(
-            fn, "kernel width", kernel[1]
+        return (
+            check_positive_int(fn, "kernel height", kernel[0]),
+            check_positive_int(fn, "kernel width", kernel[1]),
         )
-    k = _check_pos_int(fn, "kernel", kernel)
+    k = check_positive_int(fn, "kernel", kernel)
     return k, k
 
 
-def conv_axis(
-    n: int, k: int, stride: int, padding: Padding, *, fn: str = "conv2d"
-) -> tuple[int, int, int]:
-    """Geometry of one spatial axis: ``(n_out, pad_before, pad_after)``; see the module docstring.
-
-    A kernel larger than the padded input is a ``ValueError``.
-    """
-    if padding == "same":
-        n_out = -(-n // stride)
-        total = max((n_out - 1) * stride + k - n, 0)
-        lo = total // 2
-        return n_out, lo, total - lo
-    p = 0 if padding == "valid" else int(padding)
-    if n + 2 * p < k:
+def _check_conv_inputs(
+    name: str, params: dict[str, Array], x: Array, kh: int, kw: int, bias: bool
+) -> None:
+    """Shape checks of conv2d's params ``{"W"[, "B"]}`` against x (N, C_in, H, W)."""
+    if not isinstance(params, dict) or "W" not in params:
+        raise ValueError(f"{name}: params must be a dict with 'W'" + (" and 'B'" if bias else ""))
+    Wt = params["W"]
+    if Wt.ndim != 4 or Wt.shape[2:] != (kh, kw):
         raise ValueError(
-            f"{fn}: kernel size {k} exceeds the padded input size {n + 2 * p} "
-            f"(input {n}, padding {padding!r})"
+            f"{name}: W must have shape (C_out, C_in, {kh}, {kw}), got {tuple(Wt.shape)}"
         )
-    return (n + 2 * p - k) // stride + 1, p, p
-
-
-class _Geometry(NamedTuple):
-    Ho: int
-    Wo: int
-    pads: tuple[tuple[int, int], tuple[int, int]]  # ((top, bottom), (left, right))
-
-
-def _geometry(H: int, W: int, kh: int, kw: int, stride: int, padding: Padding) -> _Geometry:
-    Ho, pt, pb = conv_axis(H, kh, stride, padding)
-    Wo, pl, pr = conv_axis(W, kw, stride, padding)
-    return _Geometry(Ho, Wo, ((pt, pb), (pl, pr)))
-
-
-def _pad(x: Array, pads: tuple[tuple[int, int], tuple[int, int]]) -> Array:
-    (pt, pb), (pl, pr) = pads
-    if pt == pb == pl == pr == 0:
-        return x
-    return lax.pad(x, jnp.zeros((), x.dtype), [(0, 0, 0), (0, 0, 0), (pt, pb, 0), (pl, pr, 0)])
-
-
-def _tap(xp: Array, i: int, j: int, stride: int, Ho: int, Wo: int) -> Array:
-    """``xp[:, :, i + s h, j + s w]`` for h < Ho, w < Wo: the slice kernel tap ``(i, j)`` sees."""
-    n, c = xp.shape[:2]
-    return lax.slice(
-        xp,
-        (0, 0, i, j),
-        (n, c, i + stride * (Ho - 1) + 1, j + stride * (Wo - 1) + 1),
-        (1, 1, stride, stride),
-    )
-
-
-def _dilate_pad_dy(dy: Array, H: int, W: int, kh: int, kw: int, stride: int, geo: _Geometry):
-    """``dy`` dilated by ``stride - 1`` zeros, padded so that a valid ``kh x kw`` correlation with
-    the flipped kernel yields the input gradient: size ``(H + kh - 1, W + kw - 1)``.
-
-    Low padding ``k - 1 - pad_before`` (negative: crop); high padding whatever completes the size
-    (it also covers input rows that no window reached).
-    """
-    (pt, _), (pl, _) = geo.pads
-    lo_h, lo_w = kh - 1 - pt, kw - 1 - pl
-    hi_h = H + kh - 1 - lo_h - (stride * (geo.Ho - 1) + 1)
-    hi_w = W + kw - 1 - lo_w - (stride * (geo.Wo - 1) + 1)
-    zero = jnp.zeros((), dy.dtype)
-    return lax.pad(
-        dy, zero, [(0, 0, 0), (0, 0, 0), (lo_h, hi_h, stride - 1), (lo_w, hi_w, stride - 1)]
-    )
-
-
-def _flip_transpose(K: Array) -> Array:
-    """``W'[c, o, i, j] = W[o, c, kh-1-i, kw-1-j]``: flipped in space, transposed in channels."""
-    return jnp.transpose(K, (1, 0, 2, 3))[:, :, ::-1, ::-1]
-
-
-# ------------------------------------------------------------------------------------------------
-# The three formulations of the correlation sums
-# ------------------------------------------------------------------------------------------------
-
-
-def _correlate_taps(
-    xp: Array, K: Array, stride: int, Ho: int, Wo: int, *, contract_first: bool = False
-) -> Array:
-    """``y[n,o,h,w] = sum_{c,i,j} xp[n,c,s h+i,s w+j] K[o,c,i,j]`` as shifted multiply-adds.
-
-    Default: per tap ``(i, j)``, contract the channels of the strided slice the tap sees with
-    ``K[:, :, i, j]`` and add up (cheap when ``C`` is small: the book's forward pass has ``C = 1``).
-    ``contract_first``: contract the channels of the whole ``xp`` with every tap at once (one
-    matrix product, ``Z[n,o,t,a,b] = sum_c xp[n,c,a,b] K[o,c,t]``), then add the shifted slices
-    ``Z[:, :, t, s h + i, s w + j]`` (cheap when ``O`` is small: the book's input gradient has
-    ``O = 1``; per-tap products with one output channel are slow on CPU).
-    """
-    O, C, kh, kw = K.shape
-    if contract_first:
-        Z = jnp.einsum("nchw,oct->nothw", xp, K.reshape(O, C, kh * kw))
-        y = None
-        for i in range(kh):
-            for j in range(kw):
-                t = _tap(Z[:, :, i * kw + j], i, j, stride, Ho, Wo)
-                y = t if y is None else y + t
-        return y
-    y = None
-    for i in range(kh):
-        for j in range(kw):
-            t = jnp.einsum("nchw,oc->nohw", _tap(xp, i, j, stride, Ho, Wo), K[:, :, i, j])
-            y = t if y is None else y + t
-    return y
-
-
-def _kernel_grad_taps(xp: Array, dy: Array, kh: int, kw: int, stride: int) -> Array:
-    """``dW[o,c,i,j] = sum_{n,h,w} dy[n,o,h,w] xp[n,c,s h+i,s w+j]``, one contraction per tap."""
-    Ho, Wo = dy.shape[2:]
-    rows = []
-    for i in range(kh):
-        rows.append(
-            jnp.stack(
-                [
-                    jnp.einsum("nohw,nchw->oc", dy, _tap(xp, i, j, stride, Ho, Wo))
-                    for j in range(kw)
-                ],
-                axis=-1,
-            )
+    if x.ndim != 4 or x.shape[1] != Wt.shape[1]:
+        raise ValueError(
+            f"{name}: x{tuple(x.shape)} does not fit W{tuple(Wt.shape)}; expected x of shape "
+            f"(batch, {Wt.shape[1]}, H, W) (NCHW)"
         )
-    return jnp.stack(rows, axis=-2)
-
-
-def _patches(xp: Array, kh: int, kw: int, stride: int, Ho: int, Wo: int) -> Array:
-    """im2col: ``P[n, c, i kw + j, h, w] = xp[n, c, s h + i, s w + j]``, (N, C, kh kw, Ho, Wo)."""
-    taps = [_tap(xp, i, j, stride, Ho, Wo) for i in range(kh) for j in range(kw)]
-    return jnp.stack(taps, axis=2)
-
-
-_DN = ("NCHW", "OIHW", "NCHW")
-
-
-def _conv_xla(x: Array, K: Array, stride: int, pads, lhs_dilation=(1, 1), rhs_dilation=(1, 1)):
-    return lax.conv_general_dilated(
-        x,
-        K,
-        window_strides=(stride, stride),
-        padding=list(pads),
-        lhs_dilation=lhs_dilation,
-        rhs_dilation=rhs_dilation,
-        dimension_numbers=_DN,
-        precision=lax.Precision.HIGHEST,
-    )
+    if bias:
+        if "B" not in params or params["B"].shape != (1, Wt.shape[0], 1, 1):
+            got = tuple(params["B"].shape) if "B" in params else "missing"
+            raise ValueError(f"{name}: B must have shape (1, {Wt.shape[0]}, 1, 1), got {got}")
+    elif "B" in params:
+        raise ValueError(f"{name}: built with bias=False but params hold 'B'")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -281,6 +148,31 @@ def _conv_name(kh: int, kw: int, stride: int, padding: Padding, bias: bool, meth
     return "conv2d[" + ",".join(parts) + "]"
 
 
+def _conv_init(
+    name: str,
+    conv: tuple[int, int, int, int, Padding, bool],
+    init: str,
+    dtype: object,
+    key: jax.Array,
+    in_shape: Shape,
+) -> tuple[Shape, dict[str, Array]]:
+    """conv2d's init: per-row input (C, H, W) -> ((C_out, H_out, W_out), {"W"[, "B"]}).
+
+    ``conv`` is ``(out_channels, kh, kw, stride, padding, bias)``; the bias starts at zero."""
+    out_channels, kh, kw, stride, padding, bias = conv
+    if len(in_shape) != 3:
+        raise ValueError(
+            f"{name}: expects inputs of shape (batch, C, H, W), got per-row {in_shape}"
+        )
+    C, H, Wd = in_shape
+    geo = conv_geometry(H, Wd, kh, kw, stride, padding)
+    draw = initializers.normal if init == "normal" else initializers.glorot_normal
+    params = {"W": draw(key, (out_channels, C, kh, kw), dtype)}
+    if bias:
+        params["B"] = jnp.zeros((1, out_channels, 1, 1), params["W"].dtype)
+    return (out_channels, geo.Ho, geo.Wo), params
+
+
 def conv2d(
     out_channels: int,
     kernel: int | tuple[int, int],
@@ -304,57 +196,24 @@ def conv2d(
     Cache: :class:`ConvCache`.
     """
     fn = "conv2d"
-    out_channels = _check_pos_int(fn, "out_channels", out_channels)
+    out_channels = check_positive_int(fn, "out_channels", out_channels)
     kh, kw = _kernel_hw(fn, kernel)
-    stride = _check_pos_int(fn, "stride", stride)
+    stride = check_positive_int(fn, "stride", stride)
     padding = _check_padding(fn, padding)
     initializers.check_init(fn, init)
-    if method not in METHODS:
-        raise ValueError(f"{fn}: method must be one of {METHODS}, got {method!r}")
+    method = check_choice(fn, "method", method, METHODS)
     name = _conv_name(kh, kw, stride, padding, bias, method)
-
-    def _check(params: dict[str, Array], x: Array) -> None:
-        if not isinstance(params, dict) or "W" not in params:
-            raise ValueError(
-                f"{name}: params must be a dict with 'W'" + (" and 'B'" if bias else "")
-            )
-        Wt = params["W"]
-        if Wt.ndim != 4 or Wt.shape[2:] != (kh, kw):
-            raise ValueError(
-                f"{name}: W must have shape (C_out, C_in, {kh}, {kw}), got {tuple(Wt.shape)}"
-            )
-        if x.ndim != 4 or x.shape[1] != Wt.shape[1]:
-            raise ValueError(
-                f"{name}: x{tuple(x.shape)} does not fit W{tuple(Wt.shape)}; expected x of shape "
-                f"(batch, {Wt.shape[1]}, H, W) (NCHW)"
-            )
-        if bias:
-            if "B" not in params or params["B"].shape != (1, Wt.shape[0], 1, 1):
-                got = tuple(params["B"].shape) if "B" in params else "missing"
-                raise ValueError(f"{name}: B must have shape (1, {Wt.shape[0]}, 1, 1), got {got}")
-        elif "B" in params:
-            raise ValueError(f"{name}: built with bias=False but params hold 'B'")
+    fwd, bwd = FORWARD[method], BACKWARD[method]
 
     def forward(params: dict[str, Array], x: Array) -> tuple[Array, ConvCache]:
         """y = correlate(pad(x), W) (+ B). x (N, C_in, H, W) -> y (N, C_out, H_out, W_out)."""
-        _check(params, x)
+        _check_conv_inputs(name, params, x, kh, kw, bias)
         return _forward(params, x)
 
     @jax.jit
     def _forward(params: dict[str, Array], x: Array) -> tuple[Array, ConvCache]:
         Wt = params["W"]
-        H, Wd = x.shape[2:]
-        geo = _geometry(H, Wd, kh, kw, stride, padding)
-        if method == "xla":
-            y, cols = _conv_xla(x, Wt, stride, geo.pads), None
-        else:
-            xp = _pad(x, geo.pads)
-            if method == "taps":
-                y, cols = _correlate_taps(xp, Wt, stride, geo.Ho, geo.Wo), xp
-            else:
-                cols = _patches(xp, kh, kw, stride, geo.Ho, geo.Wo)
-                K = Wt.reshape(Wt.shape[0], Wt.shape[1], kh * kw)
-                y = jnp.einsum("ncthw,oct->nohw", cols, K)
+        y, cols = fwd(x, Wt, conv_geometry(*x.shape[2:], kh, kw, stride, padding))
         if bias:
             y = y + params["B"]
         return y, ConvCache(x, Wt, cols)
@@ -362,160 +221,27 @@ def conv2d(
     def backward(cache: ConvCache, dy: Array) -> tuple[dict[str, Array], Array]:
         """dW = sum over the batch of correlate(pad(x), dy); dx = correlate(dilate_pad(dy), W
         flipped and channel-transposed); dB = sum of dy over batch and space."""
-        x, Wt, cols = cache
-        N, C, H, Wd = x.shape
-        geo = _geometry(H, Wd, kh, kw, stride, padding)
-        if dy.shape != (N, Wt.shape[0], geo.Ho, geo.Wo):
+        x, Wt, _ = cache
+        geo = conv_geometry(*x.shape[2:], kh, kw, stride, padding)
+        expected = (x.shape[0], Wt.shape[0], geo.Ho, geo.Wo)
+        if dy.shape != expected:
             raise ValueError(
-                f"{name}: dy{tuple(dy.shape)} does not match the output shape "
-                f"{(N, Wt.shape[0], geo.Ho, geo.Wo)}"
+                f"{name}: dy{tuple(dy.shape)} does not match the output shape {expected}"
             )
         return _backward(cache, dy)
 
     @jax.jit
     def _backward(cache: ConvCache, dy: Array) -> tuple[dict[str, Array], Array]:
         x, Wt, cols = cache
-        N, C, H, Wd = x.shape
-        geo = _geometry(H, Wd, kh, kw, stride, padding)
-        if method == "xla":
-            dyd = _dilate_pad_dy(dy, H, Wd, kh, kw, stride, geo)
-            dx = _conv_xla(dyd, _flip_transpose(Wt), 1, ((0, 0), (0, 0)))
-            # dW[o,c,i,j] = sum_{n,h,w} xp[n,c,s h+i,s w+j] dy[n,o,h,w]: a convolution of the
-            # input (channels c as "batch", batch n as "features") with dy as a kernel dilated by
-            # s; only the rows and columns some window reaches take part
-            used_h, used_w = stride * (geo.Ho - 1) + kh, stride * (geo.Wo - 1) + kw
-            xp = lax.slice(_pad(x, geo.pads), (0, 0, 0, 0), (N, C, used_h, used_w))
-            dWt = lax.conv_general_dilated(
-                jnp.transpose(xp, (1, 0, 2, 3)),
-                jnp.transpose(dy, (1, 0, 2, 3)),
-                window_strides=(1, 1),
-                padding=[(0, 0), (0, 0)],
-                rhs_dilation=(stride, stride),
-                dimension_numbers=_DN,
-                precision=lax.Precision.HIGHEST,
-            )  # (C_in, C_out, kh, kw)
-            dW = jnp.transpose(dWt, (1, 0, 2, 3))
-        else:
-            if method == "taps":
-                dW = _kernel_grad_taps(cols, dy, kh, kw, stride)
-            else:
-                dW = jnp.einsum("nohw,ncthw->oct", dy, cols).reshape(Wt.shape)
-            # the flipped, channel-transposed kernel (C_in, C_out, kh, kw) over the dilated dy
-            dyd = _dilate_pad_dy(dy, H, Wd, kh, kw, stride, geo)
-            Wf = _flip_transpose(Wt)
-            dx = _correlate_taps(dyd, Wf, 1, H, Wd, contract_first=C <= Wt.shape[0])
+        dW, dx = bwd(x, Wt, cols, dy, conv_geometry(*x.shape[2:], kh, kw, stride, padding))
         grads = {"W": dW}
         if bias:
             grads["B"] = jnp.sum(dy, axis=(0, 2, 3), keepdims=True)
         return grads, dx
 
     def init_fn(key: jax.Array, in_shape: Shape) -> tuple[Shape, dict[str, Array]]:
-        if len(in_shape) != 3:
-            raise ValueError(
-                f"{name}: expects inputs of shape (batch, C, H, W), got per-row {in_shape}"
-            )
-        C, H, Wd = in_shape
-        geo = _geometry(H, Wd, kh, kw, stride, padding)
-        shape = (out_channels, C, kh, kw)
-        if init == "normal":
-            Wt = initializers.normal(key, shape, dtype)
-        else:
-            Wt = initializers.glorot_normal(key, shape, dtype)
-        params = {"W": Wt}
-        if bias:
-            params["B"] = jnp.zeros((1, out_channels, 1, 1), Wt.dtype)
-        return (out_channels, geo.Ho, geo.Wo), params
-
-    return Op(name, forward, backward, init_fn)
-
-
-# ------------------------------------------------------------------------------------------------
-# flatten and max pooling
-# ------------------------------------------------------------------------------------------------
-
-
-def _flatten_forward(params: tuple[()], x: Array) -> tuple[Array, tuple[int, ...]]:
-    """(N, C, H, W) (any (N, ...)) -> (N, C*H*W), row-major. Caches the input shape."""
-    del params
-    if x.ndim < 2:
-        raise ValueError(f"flatten: x must have a batch axis and at least one more, got {x.shape}")
-    return x.reshape(x.shape[0], -1), tuple(x.shape)
-
-
-def _flatten_backward(cache: tuple[int, ...], dy: Array) -> tuple[tuple[()], Array]:
-    if dy.shape != (cache[0], math.prod(cache[1:])):
-        raise ValueError(f"flatten: dy{tuple(dy.shape)} does not match the input shape {cache}")
-    return (), dy.reshape(cache)
-
-
-def _flatten_init(key: jax.Array, in_shape: Shape) -> tuple[Shape, tuple[()]]:
-    del key
-    return (math.prod(in_shape),), ()
-
-
-def make_max_pool2d(size: int = 2) -> Op:
-    """Max pooling over non-overlapping ``size x size`` windows (stride ``size``), NCHW.
-
-    x: (N, C, H, W) -> y: (N, C, H // size, W // size) (floor: trailing rows/columns are dropped
-    and get zero gradient). Ties: the gradient goes to the first maximum of the window in
-    row-major order only (the forward pass selects that element, so ``jax.vjp`` agrees even on
-    ties). Cache: a boolean mask of the input's shape, True at each window's selected element.
-    Backward: ``dx = mask * dy`` repeated over each window (zero in the dropped rows/columns).
-    """
-    p = _check_pos_int("max_pool2d", "size", size)
-    name = "max_pool2d" if p == 2 else f"max_pool2d[{p}]"
-
-    def forward(params: tuple[()], x: Array) -> tuple[Array, Array]:
-        """y = the first maximum of each window. Caches the selection mask (shape of x)."""
-        del params
-        if x.ndim != 4:
-            raise ValueError(f"{name}: x must be (batch, C, H, W), got shape {tuple(x.shape)}")
-        if x.shape[2] < p or x.shape[3] < p:
-            raise ValueError(
-                f"{name}: input {x.shape[2]}x{x.shape[3]} is smaller than the {p}x{p} window"
-            )
-        return _forward(x)
-
-    @jax.jit
-    def _forward(x: Array) -> tuple[Array, Array]:
-        N, C, H, W = x.shape
-        Ho, Wo = H // p, W // p
-        win = x[:, :, : Ho * p, : Wo * p].reshape(N, C, Ho, p, Wo, p)
-        win = jnp.transpose(win, (0, 1, 2, 4, 3, 5)).reshape(N, C, Ho, Wo, p * p)
-        first = jnp.argmax(win, axis=-1)  # the first maximum in row-major window order
-        onehot = first[..., None] == jnp.arange(p * p).reshape(1, 1, 1, 1, p * p)
-        y = jnp.sum(jnp.where(onehot, win, jnp.zeros((), win.dtype)), axis=-1)
-        mask = jnp.transpose(onehot.reshape(N, C, Ho, Wo, p, p), (0, 1, 2, 4, 3, 5))
-        mask = mask.reshape(N, C, Ho * p, Wo * p)
-        mask = jnp.pad(mask, ((0, 0), (0, 0), (0, H - Ho * p), (0, W - Wo * p)))
-        return y, mask
-
-    def backward(cache: Array, dy: Array) -> tuple[tuple[()], Array]:
-        """dx = dy routed to the selected element of each window, zero elsewhere."""
-        N, C, H, W = cache.shape
-        if dy.shape != (N, C, H // p, W // p):
-            raise ValueError(
-                f"{name}: dy{tuple(dy.shape)} does not match the output {(N, C, H // p, W // p)}"
-            )
-        return (), _backward(cache, dy)
-
-    @jax.jit
-    def _backward(mask: Array, dy: Array) -> Array:
-        N, C, H, W = mask.shape
-        Ho, Wo = dy.shape[2:]
-        up = jnp.broadcast_to(dy[:, :, :, None, :, None], (N, C, Ho, p, Wo, p))
-        up = up.reshape(N, C, Ho * p, Wo * p)
-        up = jnp.pad(up, ((0, 0), (0, 0), (0, H - Ho * p), (0, W - Wo * p)))
-        return jnp.where(mask, up, jnp.zeros((), dy.dtype))
-
-    def init_fn(key: jax.Array, in_shape: Shape) -> tuple[Shape, tuple[()]]:
-        del key
-        if len(in_shape) != 3:
-            raise ValueError(f"{name}: expects inputs (batch, C, H, W), got per-row {in_shape}")
-        C, H, W = in_shape
-        if H < p or W < p:
-            raise ValueError(f"{name}: input {H}x{W} is smaller than the {p}x{p} window")
-        return (C, H // p, W // p), ()
+        conv = (out_channels, kh, kw, stride, padding, bias)
+        return _conv_init(name, conv, init, dtype, key, in_shape)
 
     return Op(name, forward, backward, init_fn)
 
@@ -550,10 +276,7 @@ def conv_layer(
     act = get_activation(activation)
     if act.stochastic:
         raise ValueError("conv_layer: the activation must be deterministic (use dropout=...)")
-    if isinstance(dropout, bool) or not isinstance(dropout, int | float) or not 0 < dropout <= 1:
-        raise ValueError(
-            f"conv_layer: dropout (a keep probability) must be in (0, 1], got {dropout!r}"
-        )
+    dropout = check_probability("conv_layer", "dropout", dropout)
     conv = conv2d(
         out_channels,
         kernel,
@@ -575,7 +298,7 @@ def conv_layer(
 
 
 # ------------------------------------------------------------------------------------------------
-# Registry: module-level ops and example configurations, each with an oracle example
+# Registry: example configurations, each with an oracle example
 # ------------------------------------------------------------------------------------------------
 
 
@@ -591,19 +314,6 @@ def _conv_example(n: int, c_in: int, c_out: int, h: int, w: int, kh: int, kw: in
 
     return example
 
-
-def _x_example(shape: tuple[int, ...]):
-    def example(key: jax.Array):
-        return (), jax.random.normal(key, shape, jnp.float64)
-
-    return example
-
-
-flatten = register(
-    Op("flatten", _flatten_forward, _flatten_backward, _flatten_init), _x_example((3, 2, 5, 4))
-)
-_FLATTEN = flatten  # conv_layer's ``flatten`` argument shadows the name
-max_pool2d = register(make_max_pool2d(2), _x_example((3, 2, 7, 6)))  # odd height: floored
 
 # (kernel, stride, padding, bias): odd and even kernels, stride 1 and 2, same / valid / int
 # padding, with and without bias, and the book's 1-D (1 x 3) kernel. tests/test_conv.py checks a
@@ -635,6 +345,7 @@ register(_layer, _layer_example, name=_layer.name)
 del _k, _s, _p, _b, _kh, _kw, _op, _layer
 
 __all__ = [
+    "DEFAULT_METHOD",
     "METHODS",
     "ConvCache",
     "conv2d",

@@ -5,8 +5,6 @@ Shapes: ``x`` is ``(batch, n_in)``; ``W`` is ``(n_in, n_out)``; ``B`` is ``(1, n
 
 from __future__ import annotations
 
-import numbers
-
 import jax
 import jax.numpy as jnp
 
@@ -14,6 +12,7 @@ from jaxscratch.core import Array, Op, Shape, draw_dims, register, serial
 from jaxscratch.ops import init as initializers
 from jaxscratch.ops.activations import get_activation
 from jaxscratch.ops.dropout import dropout as make_dropout
+from jaxscratch.validate import check_positive_int, check_probability
 
 
 def _check_2d(fn: str, x: Array, n_in: int, pname: str, pshape: tuple[int, ...]) -> None:
@@ -98,14 +97,11 @@ def dense(
     mask)``; its forward takes ``key``/``train`` (see :mod:`jaxscratch.ops.dropout`). ``dropout=None``
     or ``1.0`` adds no dropout op, as the book's layer does for ``dropout=1.0``.
     """
-    if dropout is not None and not (
-        isinstance(dropout, numbers.Real) and not isinstance(dropout, bool) and dropout == 1.0
-    ):
+    if dropout is not None and check_probability("dense", "dropout", dropout) != 1.0:
         layer = dense(neurons, activation, init=init, dtype=dtype)
         drop = make_dropout(dropout, inverted=inverted)
         return serial(layer, drop, name=f"{layer.name}+{drop.name}")
-    if not isinstance(neurons, int) or isinstance(neurons, bool) or neurons <= 0:
-        raise ValueError(f"dense: neurons must be a positive integer, got {neurons!r}")
+    neurons = check_positive_int("dense", "neurons", neurons)
     act = get_activation(activation)
     if act.stochastic:
         raise ValueError(

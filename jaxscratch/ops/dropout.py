@@ -15,13 +15,11 @@ Backward: ``dx = dy * mask`` (``* mask / keep_prob`` inverted) with the forward 
 
 from __future__ import annotations
 
-import math
-import numbers
-
 import jax
 import jax.numpy as jnp
 
 from jaxscratch.core import Array, Op, register
+from jaxscratch.validate import check_probability
 
 
 def dropout(keep_prob: float, *, inverted: bool = False) -> Op:
@@ -32,11 +30,7 @@ def dropout(keep_prob: float, *, inverted: bool = False) -> Op:
     everything (the mask is all True). Name: ``dropout[<keep_prob>]`` or
     ``dropout[<keep_prob>,inverted]``.
     """
-    if isinstance(keep_prob, bool) or not isinstance(keep_prob, numbers.Real):
-        raise TypeError(f"dropout: keep_prob must be a number, got {type(keep_prob).__name__}")
-    keep = float(keep_prob)
-    if not (math.isfinite(keep) and 0.0 < keep <= 1.0):
-        raise ValueError(f"dropout: keep_prob must be in (0, 1], got {keep_prob!r}")
+    keep = check_probability("dropout", "keep_prob", keep_prob)
     if not isinstance(inverted, bool):
         raise TypeError(f"dropout: inverted must be a bool, got {type(inverted).__name__}")
     train_scale = 1.0 / keep if inverted else 1.0

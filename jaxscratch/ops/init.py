@@ -13,6 +13,8 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
+from jaxscratch.validate import check_choice
+
 Initializer = Callable[..., jax.Array]
 
 
@@ -47,7 +49,6 @@ INITS: dict[str, str] = {"normal": "standard normal", "glorot": "Glorot normal"}
 
 
 def check_init(fn: str, init: str) -> str:
-    """Validate an init name, raising ``ValueError`` naming ``fn`` and the allowed names."""
-    if init not in INITS:
-        raise ValueError(f"{fn}: unknown init {init!r}; allowed: {sorted(INITS)}")
-    return init
+    """``init`` if it names an initialiser (``INITS``); else ``TypeError``/``ValueError`` naming
+    ``fn`` and the allowed names (:func:`jaxscratch.validate.check_choice`)."""
+    return check_choice(fn, "init", init, INITS)

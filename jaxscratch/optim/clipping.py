@@ -23,7 +23,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from jaxscratch.optim.optimizers import Optimizer, check_positive
+from jaxscratch.optim.optimizers import Optimizer
+from jaxscratch.validate import check_positive
 
 Params = Any
 

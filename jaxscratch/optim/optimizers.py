@@ -7,7 +7,9 @@ Each optimizer's state is a ``NamedTuple`` whose array fields have the tree stru
 
 Factories are cached: the same hyperparameters give the *same* ``Optimizer`` object
 (``sgd_momentum(0.9) is sgd_momentum(momentum=0.9)``), so the trainer's compiled programs, cached
-by object identity, are reused. Invalid hyperparameters are a ``ValueError`` naming the factory.
+by object identity, are reused. Hyperparameters are checked with :mod:`jaxscratch.validate`
+(a ``TypeError`` for a non-number, a ``ValueError`` out of range, naming the factory); ``update``
+checks a host learning rate with :func:`~jaxscratch.validate.check_lr` and passes a traced one.
 
 | optimizer | rule (g: gradient, t: step count from 1) |
 |---|---|
@@ -24,13 +26,13 @@ at ``lr |g| / eps`` when the accumulated squares are tiny.
 from __future__ import annotations
 
 import functools
-import math
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
+
+from jaxscratch.validate import check_float, check_lr, check_positive
 
 Params = Any
 Array = jax.Array
@@ -41,18 +43,6 @@ class Optimizer(NamedTuple):
 
     init: Callable[[Params], Any]
     update: Callable[[Params, Any, Params, Any], tuple[Params, Any]]
-
-
-def check_lr(fn: str, lr: Any) -> None:
-    """Reject a learning rate that is not a positive finite number (host values only)."""
-    if isinstance(lr, jax.core.Tracer):
-        return
-    try:
-        value = float(lr)
-    except (TypeError, ValueError):
-        raise TypeError(f"{fn}: learning rate must be a number, got {type(lr).__name__}") from None
-    if not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{fn}: learning rate must be positive and finite, got {value}")
 
 
 class SGDState(NamedTuple):
@@ -79,28 +69,9 @@ def zeros_like_tree(params: Params) -> Params:
     return jax.tree.map(jnp.zeros_like, params)
 
 
-def _check_number(
-    fn: str, name: str, value: Any, low: float, high: float, *, high_open: bool
-) -> float:
-    """``value`` as a float in ``[low, high)`` (``high_open``) or ``[low, high]``, else ValueError."""
-    if isinstance(value, bool) or not isinstance(value, int | float | np.integer | np.floating):
-        raise TypeError(f"{fn}: {name} must be a number, got {type(value).__name__}")
-    v = float(value)
-    ok = math.isfinite(v) and low <= v and (v < high if high_open else v <= high)
-    if not ok:
-        bracket = ")" if high_open else "]"
-        raise ValueError(f"{fn}: {name} must be in [{low:g}, {high:g}{bracket}, got {value!r}")
-    return v
-
-
-def check_positive(fn: str, name: str, value: Any) -> float:
-    """``float(value)`` if it is a positive finite number; else ``TypeError``/``ValueError`` naming ``fn``."""
-    if isinstance(value, bool) or not isinstance(value, int | float | np.integer | np.floating):
-        raise TypeError(f"{fn}: {name} must be a number, got {type(value).__name__}")
-    v = float(value)
-    if not math.isfinite(v) or v <= 0:
-        raise ValueError(f"{fn}: {name} must be positive and finite, got {value!r}")
-    return v
+def _unit(fn: str, name: str, value: Any) -> float:
+    """A decay rate or momentum: ``float(value)`` in ``[0, 1)``."""
+    return check_float(fn, name, value, minimum=0.0, maximum=1.0, high_open=True)
 
 
 class MomentumState(NamedTuple):
@@ -115,9 +86,7 @@ def sgd_momentum(momentum: float = 0.9) -> Optimizer:
     ``momentum`` in [0, 1) (0 is plain SGD). State: :class:`MomentumState`, zeros at init. Because
     lr multiplies ``g`` before it enters ``v``, a decayed lr affects only new gradients. Cached.
     """
-    return _sgd_momentum(
-        _check_number("sgd_momentum", "momentum", momentum, 0.0, 1.0, high_open=True)
-    )
+    return _sgd_momentum(_unit("sgd_momentum", "momentum", momentum))
 
 
 @functools.cache
@@ -179,7 +148,7 @@ def rmsprop(rho: float = 0.9, eps: float = 1e-8) -> Optimizer:
     ``rho`` in [0, 1); ``eps`` > 0, outside the root. ``s`` starts at zeros (no bias correction,
     so the first step is ``lr g / (sqrt(1 - rho) |g| + eps)``). State: :class:`RMSPropState`. Cached.
     """
-    rho = _check_number("rmsprop", "rho", rho, 0.0, 1.0, high_open=True)
+    rho = _unit("rmsprop", "rho", rho)
     return _rmsprop(rho, check_positive("rmsprop", "eps", eps))
 
 
@@ -214,8 +183,8 @@ def adam(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8) -> Optimizer:
     p <- p - lr (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps)``. ``b1``, ``b2`` in [0, 1);
     ``eps`` > 0. State: :class:`AdamState`. Cached.
     """
-    b1 = _check_number("adam", "b1", b1, 0.0, 1.0, high_open=True)
-    b2 = _check_number("adam", "b2", b2, 0.0, 1.0, high_open=True)
+    b1 = _unit("adam", "b1", b1)
+    b2 = _unit("adam", "b2", b2)
     return _adam(b1, b2, check_positive("adam", "eps", eps))
 
 

@@ -18,19 +18,14 @@ loudly instead of extrapolating.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-
-from jaxscratch.optim.optimizers import check_positive
+from jaxscratch.validate import check_int, check_positive
 
 
 def _epoch_index(fn: str, epoch: Any, epochs: int | None) -> int:
-    if isinstance(epoch, bool) or not isinstance(epoch, int | np.integer):
-        raise TypeError(f"{fn}: the epoch index must be an integer, got {type(epoch).__name__}")
-    e = int(epoch)
+    e = check_int(fn, "the epoch index", epoch)
     if e < 0 or (epochs is not None and e >= epochs):
         span = f"0..{epochs - 1}" if epochs is not None else ">= 0"
         raise ValueError(f"{fn}: epoch index {e} is outside {span}")
@@ -80,25 +75,12 @@ def constant(lr: float) -> Schedule:
 def _decay(kind: str, lr: float, final_lr: float, epochs: int) -> Schedule:
     fn = f"{kind}_decay"
     lr_v = check_positive(fn, "lr", lr)
-    if isinstance(final_lr, bool) or not isinstance(
-        final_lr, int | float | np.integer | np.floating
-    ):
-        raise TypeError(f"{fn}: final_lr must be a number, got {type(final_lr).__name__}")
-    final = float(final_lr)
-    if not math.isfinite(final) or final <= 0:
-        raise ValueError(
-            f"{fn}: final_lr must be positive and finite, got {final_lr!r} "
-            "(the trainer rejects a zero learning rate, and exponential decay cannot reach 0)"
-        )
+    # positive: the trainer rejects a zero learning rate, and exponential decay cannot reach 0
+    final = check_positive(fn, "final_lr", final_lr)
     if final > lr_v:
         raise ValueError(f"{fn}: final_lr {final_lr!r} exceeds lr {lr!r}; a decay must not grow")
-    if isinstance(epochs, bool) or not isinstance(epochs, int | np.integer):
-        raise TypeError(f"{fn}: epochs must be an integer, got {type(epochs).__name__}")
-    if epochs < 2:
-        raise ValueError(
-            f"{fn}: decay needs at least 2 epochs (it divides by epochs - 1), got {epochs}"
-        )
-    return Schedule(kind, lr_v, final, int(epochs))
+    # at least 2: the decay divides by epochs - 1
+    return Schedule(kind, lr_v, final, check_int(fn, "epochs", epochs, minimum=2))
 
 
 def linear_decay(lr: float, final_lr: float, epochs: int) -> Schedule:
