@@ -21,8 +21,7 @@ from jaxscratch import core
 from jaxscratch.ops import dense as layers
 from jaxscratch.ops import losses
 from jaxscratch.optim import optimizers
-from jaxscratch.train import loop as trainer
-from jaxscratch.train import parallel
+from jaxscratch.train import fit, parallel
 
 SCRIPT = textwrap.dedent(
     """
@@ -34,7 +33,7 @@ SCRIPT = textwrap.dedent(
     from jaxscratch.ops import losses
     from jaxscratch.optim import optimizers
     from jaxscratch.train import parallel
-    from jaxscratch.train import loop as trainer
+    from jaxscratch.train import fit, programs
     assert len(jax.devices()) == 4, jax.devices()
     net = core.serial(layers.dense(7, "tanh"), layers.dense(3, "sigmoid"), layers.dense(2))
     _, params = core.init_params(net, jax.random.key(0), (5,))
@@ -50,9 +49,9 @@ SCRIPT = textwrap.dedent(
         X = np.asarray(jax.random.normal(jax.random.key(1), (n, 5)))
         y = np.asarray(jax.random.normal(jax.random.key(2), (n, 2)))
         kw = dict(epochs=2, batch_size=8, key=jax.random.key(3), lr=0.05, step_mode=mode,
-                  eval_data=(X[:10], y[:10]), eval_every=1, early_stopping=False)
-        one = trainer.fit(net, loss, opt, params, X, y, **kw)
-        four = trainer.fit(net, loss, opt, params, X, y, mesh=4, **kw)
+                  eval_data=(X[:10], y[:10]), eval_every=1, stopping=None)
+        one = fit(net, loss, opt, params, X, y, **kw)
+        four = fit(net, loss, opt, params, X, y, mesh=4, **kw)
         leaves1 = jax.tree.leaves(one.params)
         leaves4 = jax.tree.leaves(four.params)
         out["cases"].append({
@@ -67,11 +66,11 @@ SCRIPT = textwrap.dedent(
 
     # the compiled chunk: batch gathered and split 4 ways, gradients all-reduced by XLA
     mesh = parallel.data_mesh(4)
-    prog = trainer._program(net, loss, opt, 76, 8, True, False, mesh)
+    kernel = programs.period_kernel(net, loss, opt, programs.Batching(76, 8, 9, 4, "shuffle"), mesh)
     args = parallel.replicate(
         (params, (), jnp.zeros((76, 5)), jnp.zeros((76, 2)), jax.random.key(0)), mesh)
     p, s, Xd, yd, key = args
-    hlo = prog.run_chunk.lower(
+    hlo = kernel.scan.lower(
         p, s, Xd, yd, np.arange(1, dtype=np.int32), np.ones(1), np.zeros((1, 0), np.int32), key
     ).compile().as_text()
     out["all_reduce"] = "all-reduce" in hlo
@@ -79,12 +78,12 @@ SCRIPT = textwrap.dedent(
 
     errors = {}
     try:
-        trainer.fit(net, loss, opt, params, np.zeros((30, 5)), np.zeros((30, 2)),
+        fit(net, loss, opt, params, np.zeros((30, 5)), np.zeros((30, 2)),
                     epochs=1, batch_size=6, key=jax.random.key(0), mesh=4)
     except ValueError as e:
         errors["batch"] = str(e)
     try:  # a batch larger than the data set is the whole set: 30 rows on 4 devices
-        trainer.fit(net, loss, opt, params, np.zeros((30, 5)), np.zeros((30, 2)),
+        fit(net, loss, opt, params, np.zeros((30, 5)), np.zeros((30, 2)),
                     epochs=1, batch_size=64, key=jax.random.key(0), mesh=4)
     except ValueError as e:
         errors["whole"] = str(e)
@@ -94,7 +93,7 @@ SCRIPT = textwrap.dedent(
         errors["count"] = str(e)
     try:
         bad = jax.sharding.Mesh(np.array(jax.devices()), ("model",))
-        trainer.fit(net, loss, opt, params, np.zeros((32, 5)), np.zeros((32, 2)),
+        fit(net, loss, opt, params, np.zeros((32, 5)), np.zeros((32, 2)),
                     epochs=1, batch_size=8, key=jax.random.key(0), mesh=bad)
     except ValueError as e:
         errors["axis"] = str(e)
@@ -118,6 +117,7 @@ def four_devices() -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.subprocess
 def test_mesh_matches_one_device(four_devices: dict) -> None:
     cases = four_devices["cases"]
     assert len(cases) == 3
@@ -129,11 +129,13 @@ def test_mesh_matches_one_device(four_devices: dict) -> None:
         assert case["n_devices"] == 4 and case["replicated"], case
 
 
+@pytest.mark.subprocess
 def test_compiler_reduces_gradients(four_devices: dict) -> None:
     assert four_devices["all_reduce"]
     assert four_devices["sharded_dot"]
 
 
+@pytest.mark.subprocess
 def test_mesh_errors_are_clear(four_devices: dict) -> None:
     errors = four_devices["errors"]
     assert "batch size 6" in errors["batch"] and "4 devices" in errors["batch"]
@@ -149,8 +151,8 @@ def test_single_device_mesh_is_plain_fit() -> None:
     X = np.asarray(jax.random.normal(jax.random.key(1), (21, 3)))
     y = np.asarray(jax.random.normal(jax.random.key(2), (21, 1)))
     kw = dict(epochs=2, batch_size=5, key=jax.random.key(3), lr=0.1)
-    a = trainer.fit(net, losses.mean_squared_error, optimizers.sgd(), params, X, y, **kw)
-    b = trainer.fit(net, losses.mean_squared_error, optimizers.sgd(), params, X, y, mesh=1, **kw)
+    a = fit(net, losses.mean_squared_error, optimizers.sgd(), params, X, y, **kw)
+    b = fit(net, losses.mean_squared_error, optimizers.sgd(), params, X, y, mesh=1, **kw)
     assert a.history.train_loss == b.history.train_loss
     for u, v in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params), strict=True):
         np.testing.assert_array_equal(np.asarray(u), np.asarray(v))

@@ -1,58 +1,19 @@
-"""The jit-compiled trainer: batching, shuffling, evaluation, early stopping, divergence, resume."""
+"""fit: batching, shuffling, step modes, learning rates, divergence, argument checks, progress."""
 
 from __future__ import annotations
 
-from typing import NamedTuple
+import io
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from fit_cases import NET, OPT, assert_trees_equal, data, init
 
 from jaxscratch.core import serial
 from jaxscratch.ops.dense import dense
 from jaxscratch.ops.losses import mean_squared_error
-from jaxscratch.optim.optimizers import Optimizer, sgd
-from jaxscratch.train.loop import TrainingDiverged, fit, make_step, predict
-
-NET = serial(dense(4, "sigmoid"), dense(1), name="trainer_test_net")
-OPT = sgd()
-
-
-class CountState(NamedTuple):
-    steps: jax.Array
-
-
-def counting_sgd() -> Optimizer:
-    """SGD whose state counts its steps, to check that early stopping restores optimizer state."""
-
-    def init(params):
-        return CountState(jnp.zeros((), jnp.int32))
-
-    def update(grads, state, params, lr):
-        new = jax.tree.map(lambda p, g: p - lr * g, params, grads)
-        return new, CountState(state.steps + 1)
-
-    return Optimizer(init, update)
-
-
-COUNT_OPT = counting_sgd()
-
-
-def data(n=10, d=3, seed=0):
-    rng = np.random.default_rng(seed)
-    X = rng.normal(size=(n, d))
-    y = X @ np.arange(1.0, d + 1.0).reshape(d, 1) * 0.3
-    return X, y
-
-
-def init(seed=0):
-    return NET.init(jax.random.key(seed), (3,))[1]
-
-
-def assert_trees_equal(a, b):
-    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
-        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+from jaxscratch.train import ProgressLine, TrainingDiverged, fit, make_step, predict
 
 
 def test_short_last_batch_matches_a_manual_loop():
@@ -123,56 +84,6 @@ def test_explicit_permutations_are_followed():
         fit(NET, mean_squared_error, OPT, params, X, y, epochs=3, batch_size=8, permutations=perms)
 
 
-def test_early_stopping_restores_params_and_optimizer_state():
-    """Train on y, evaluate on -y: the eval loss gets worse, so the trainer rolls back one epoch."""
-    X, y = data(12)
-    params = init()
-    kw = dict(batch_size=4, lr=0.05, key=jax.random.key(3))
-    res = fit(
-        NET,
-        mean_squared_error,
-        COUNT_OPT,
-        params,
-        X,
-        y,
-        epochs=8,
-        eval_data=(X, -y),
-        eval_every=2,
-        **kw,
-    )
-    h = res.history
-    assert h.stopped_early and h.eval_epochs == [2, 4] and h.eval_loss[1] >= h.eval_loss[0]
-    assert h.restored_to_epoch == 3
-    ref = fit(NET, mean_squared_error, COUNT_OPT, params, X, y, epochs=3, **kw)
-    assert_trees_equal(res.params, ref.params)
-    assert int(res.opt_state.steps) == 9 == int(ref.opt_state.steps)  # 3 epochs of 3 batches
-
-
-def test_no_early_stopping_records_every_evaluation():
-    X, y = data(12)
-    res = fit(
-        NET, mean_squared_error, OPT, init(), X, y, epochs=5, batch_size=4, key=jax.random.key(0),
-        eval_data=(X, -y), eval_every=2, early_stopping=False,
-    )  # fmt: skip
-    assert res.history.eval_epochs == [2, 4, 5] and not res.history.stopped_early
-    assert res.history.epochs == [1, 2, 3, 4, 5]
-
-
-def test_resume_repeats_an_uninterrupted_run_bitwise():
-    X, y = data(20)
-    params = init()
-    kw = dict(batch_size=6, lr=0.05, key=jax.random.key(4), eval_data=(X, y), eval_every=1)
-    full = fit(NET, mean_squared_error, COUNT_OPT, params, X, y, epochs=4, **kw)
-    first = fit(NET, mean_squared_error, COUNT_OPT, params, X, y, epochs=2, **kw)
-    rest = fit(
-        NET, mean_squared_error, COUNT_OPT, first.params, X, y, epochs=4, start_epoch=2,
-        opt_state=first.opt_state, best_eval_loss=min(first.history.eval_loss), **kw,
-    )  # fmt: skip
-    assert_trees_equal(full.params, rest.params)
-    assert full.history.train_loss == first.history.train_loss + rest.history.train_loss
-    assert full.history.eval_loss == first.history.eval_loss + rest.history.eval_loss
-
-
 def test_divergence_names_epoch_batch_and_keeps_last_finite_params():
     X, y = data(12)
     X = X * 50.0
@@ -188,6 +99,7 @@ def test_divergence_names_epoch_batch_and_keeps_last_finite_params():
             NET, mean_squared_error, OPT, params, X, y * 1e3, epochs=err.epoch - 1, lr=10.0, **kw
         )
         assert_trees_equal(err.params, ref.params)
+        assert err.state.epoch == err.epoch - 1
 
 
 @pytest.mark.parametrize(
@@ -200,6 +112,8 @@ def test_divergence_names_epoch_batch_and_keeps_last_finite_params():
         (dict(lr=-1.0), "learning rate"),
         (dict(eval_every=0), "eval_every"),
         (dict(step_mode="fast"), "step_mode"),
+        (dict(lr=[0.1], epochs=2), "lr sequence has 1 entries"),
+        (dict(steps_per_epoch=0), "steps_per_epoch"),
     ],
 )
 def test_bad_settings_are_clear_errors(kwargs, match):
@@ -235,7 +149,7 @@ def test_fit_learns_boston_and_predict_batches():
     _, params = net.init(jax.random.key(0), (13,))
     res = fit(
         net, mean_squared_error, OPT, params, Xtr, ytr, epochs=30, batch_size=32, lr=0.01,
-        key=jax.random.key(1), eval_data=(Xte, yte), eval_every=10, early_stopping=False,
+        key=jax.random.key(1), eval_data=(Xte, yte), eval_every=10, stopping=None,
     )  # fmt: skip
     initial = float(mean_squared_error.forward(predict(net, params, Xte), jnp.asarray(yte))[0])
     assert res.history.eval_loss[-1] < 0.1 * initial
@@ -244,19 +158,112 @@ def test_fit_learns_boston_and_predict_batches():
     np.testing.assert_allclose(predict(net, res.params, Xte, batch_size=50), full, rtol=1e-12)
 
 
-def test_stop_every_checks_only_some_evaluations():
-    """eval_every=1, stop_every=2: every epoch is evaluated, only even epochs can stop training."""
-    X, y = data(12)
-    params = init()
-    kw = dict(batch_size=4, lr=0.05, key=jax.random.key(3))
-    res = fit(
-        NET, mean_squared_error, COUNT_OPT, params, X, y, epochs=8, eval_data=(X, -y),
-        eval_every=1, stop_every=2, **kw,
-    )  # fmt: skip
-    h = res.history
-    # the eval loss rises every epoch, but epochs 1 and 3 do not count; epoch 2 sets the best
-    assert h.eval_epochs == [1, 2, 3, 4] and h.stopped_early and h.restored_to_epoch == 3
-    ref = fit(NET, mean_squared_error, COUNT_OPT, params, X, y, epochs=3, **kw)
+@pytest.mark.parametrize("kwargs", [dict(batch_size=True), dict(epochs=2.0), dict(lr="0.1")])
+def test_settings_of_the_wrong_kind_are_type_errors(kwargs):
+    X, y = data(10)
+    base = dict(epochs=1, batch_size=4, lr=0.1, key=jax.random.key(0))
+    base.update(kwargs)
+    with pytest.raises(TypeError, match="fit: "):
+        fit(NET, mean_squared_error, OPT, init(), X, y, **base)
+
+
+@pytest.mark.parametrize("lr", [np.float32(0.1), np.float64(0.1), np.array(0.1), jnp.asarray(0.1)])
+def test_numpy_and_array_learning_rates_are_numbers(lr):
+    X, y = data(10)
+    kw = dict(epochs=2, batch_size=4, key=jax.random.key(0))
+    ref = fit(NET, mean_squared_error, OPT, init(), X, y, lr=float(lr), **kw)
+    res = fit(NET, mean_squared_error, OPT, init(), X, y, lr=lr, **kw)
+    assert res.history.lr == ref.history.lr == [float(lr)] * 2
     assert_trees_equal(res.params, ref.params)
-    with pytest.raises(ValueError, match="multiple of eval_every"):
-        fit(NET, mean_squared_error, OPT, params, X, y, epochs=2, eval_every=2, stop_every=3, **kw)
+
+
+def test_learning_rates_are_read_one_period_at_a_time():
+    """A schedule is asked only for the epochs that run: epochs=10**9 builds no huge list."""
+    asked = []
+
+    def schedule(epoch):
+        asked.append(epoch)
+        return 0.1
+
+    X, y = data(10)
+    seen = []
+
+    def stop_after_two_periods(info):
+        seen.append(info["epoch"])
+        if len(seen) == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        fit(NET, mean_squared_error, OPT, init(), X, y, epochs=10**9, batch_size=5, lr=schedule,
+            key=jax.random.key(0), eval_every=3, callback=stop_after_two_periods)  # fmt: skip
+    assert seen == [3, 6] and max(asked) == 5
+
+
+def test_steps_per_epoch_takes_batches_from_a_stream_of_passes():
+    """epochs of 3 batches over a set of 4 batches: the epochs continue through the passes, each
+    pass a permutation drawn with fold_in(data_key, pass); only full batches."""
+    X, y = data(17)  # 4 full batches of 4 rows (the 17th row is never used)
+    params, key = init(), jax.random.key(7)
+    res = fit(NET, mean_squared_error, OPT, params, X, y, epochs=3, batch_size=4, lr=0.05,
+              key=key, steps_per_epoch=3, stopping=None)  # fmt: skip
+    data_key = jax.random.split(key)[0]
+    order = np.concatenate(
+        [np.asarray(jax.random.permutation(jax.random.fold_in(data_key, p), 17)) for p in (0, 1, 2)]
+    )
+    passes = [order[17 * p : 17 * p + 16].reshape(4, 4) for p in range(3)]
+    batches = np.concatenate(passes)[:9]  # 9 batches: 3 epochs of 3
+    step = make_step(NET, mean_squared_error, OPT)
+    p, s, losses = params, OPT.init(params), []
+    for idx in batches:
+        p, s, v = step(p, s, jnp.asarray(X[idx]), jnp.asarray(y[idx]), 0.05, None)
+        losses.append(float(v))
+    for a, b in zip(jax.tree.leaves(res.params), jax.tree.leaves(p), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-12)
+    np.testing.assert_allclose(res.history.train_loss, np.reshape(losses, (3, 3)).mean(1), 1e-12)
+    b = fit(NET, mean_squared_error, OPT, params, X, y, epochs=3, batch_size=4, lr=0.05,
+            key=key, steps_per_epoch=3, step_mode="step")  # fmt: skip
+    assert_trees_equal(res.params, b.params)
+
+
+def test_replacement_draws_rows_per_batch_from_its_own_key():
+    X, y = data(9)
+    params, key = init(), jax.random.key(3)
+    res = fit(NET, mean_squared_error, OPT, params, X, y, epochs=2, batch_size=5, lr=0.05,
+              key=key, replacement=True, steps_per_epoch=2)  # fmt: skip
+    data_key = jax.random.split(key)[0]
+    step = make_step(NET, mean_squared_error, OPT)
+    p, s = params, OPT.init(params)
+    for g in range(4):  # global batch g = epoch * 2 + b
+        idx = np.asarray(jax.random.randint(jax.random.fold_in(data_key, g), (5,), 0, 9))
+        p, s, _ = step(p, s, jnp.asarray(X[idx]), jnp.asarray(y[idx]), 0.05, None)
+    for a, b in zip(jax.tree.leaves(res.params), jax.tree.leaves(p), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-12)
+    with pytest.raises(ValueError, match="permutations cannot be combined"):
+        fit(NET, mean_squared_error, OPT, params, X, y, epochs=1, batch_size=5,
+            replacement=True, permutations=np.zeros((1, 9), int))  # fmt: skip
+
+
+class _Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def test_progress_line_draws_only_on_a_terminal(capsys):
+    X, y = data(10)
+    fit(NET, mean_squared_error, OPT, init(), X, y, epochs=2, batch_size=5, progress=True,
+        key=jax.random.key(0), eval_data=(X, y), eval_every=1)  # fmt: skip
+    assert capsys.readouterr().err == ""  # pytest's stderr is not a terminal: nothing
+    term = _Terminal()
+    line = ProgressLine(term, 50, start_epoch=10)
+    line.update({"epoch": 20, "train_loss": 0.5, "eval_loss": 0.25})
+    line.update({"epoch": 30, "train_loss": 0.4})
+    line.close()
+    text = term.getvalue()
+    assert text.count("\r") == 2 and text.endswith("\n")
+    assert "epoch 30/50" in text and "train 0.4" in text and "eval 0.25" in text
+    assert "epochs/s" in text and "ETA " in text
+    plain = io.StringIO()
+    quiet = ProgressLine(plain, 5)
+    quiet.update({"epoch": 1, "train_loss": 1.0})
+    quiet.close()
+    assert plain.getvalue() == ""

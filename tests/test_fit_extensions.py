@@ -1,4 +1,4 @@
-"""Chapter 4 pieces inside the trainer: softmax CE + momentum + decay + dropout on synthetic data."""
+"""fit with the extensions of chapter 4: softmax CE, momentum, lr schedules, dropout (synthetic data)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from jaxscratch.ops.dense import dense
 from jaxscratch.ops.losses import mean_squared_error, softmax_cross_entropy
 from jaxscratch.optim.optimizers import sgd, sgd_momentum
 from jaxscratch.optim.schedules import exponential_decay, linear_decay
-from jaxscratch.train import loop as trainer
+from jaxscratch.train import TrainingDiverged, fit, predict
 
 
 def _blobs(n_per_class: int = 100, k: int = 4, dim: int = 6, seed: int = 0, noise_seed: int = 0):
@@ -41,7 +41,7 @@ def test_smoke_softmax_ce_momentum_decay_dropout_reaches_high_accuracy():
     )
     _, params = init_params(net, jax.random.key(0), (6,))
     epochs = 10
-    res = trainer.fit(
+    res = fit(
         net,
         softmax_cross_entropy,
         sgd_momentum(0.9),
@@ -54,7 +54,7 @@ def test_smoke_softmax_ce_momentum_decay_dropout_reaches_high_accuracy():
         lr=linear_decay(0.05, 0.01, epochs),
         eval_data=(Xe, ye),
         eval_every=5,
-        early_stopping=False,
+        stopping=None,
         metrics={"accuracy": _accuracy},
     )
     h = res.history
@@ -62,7 +62,7 @@ def test_smoke_softmax_ce_momentum_decay_dropout_reaches_high_accuracy():
     assert h.eval_metrics[-1]["accuracy"] >= 0.97
     assert h.train_loss[-1] < 0.5 * h.train_loss[0]
     # inference is deterministic (dropout off) and agrees with the evaluator
-    pred = trainer.predict(net, res.params, Xe)
+    pred = predict(net, res.params, Xe)
     assert float(_accuracy(pred, jnp.asarray(ye))) == pytest.approx(h.eval_metrics[-1]["accuracy"])
 
 
@@ -73,7 +73,7 @@ def test_fit_momentum_with_decay_matches_hand_computation():
     net = dense(1, "linear")
     W0, B0 = np.array([[0.3], [-0.2]]), np.array([[0.1]])
     sched = exponential_decay(0.2, 0.05, 3)  # 0.2, 0.1, 0.05
-    res = trainer.fit(
+    res = fit(
         net,
         mean_squared_error,
         sgd_momentum(0.9),
@@ -110,11 +110,11 @@ def test_schedule_does_not_recompile():
     net = dense(3, "linear")
     _, params = init_params(net, jax.random.key(0), (4,))
     common = dict(epochs=4, batch_size=10, key=jax.random.key(2), eval_every=4)
-    trainer.fit(net, loss, sgd_momentum(0.9), params, X, y, lr=0.1, **common)
+    fit(net, loss, sgd_momentum(0.9), params, X, y, lr=0.1, **common)
     n_traces = len(traces)
     assert n_traces > 0
     for lr in (linear_decay(0.15, 0.05, 4), exponential_decay(0.2, 0.05, 4)):
-        res = trainer.fit(net, loss, sgd_momentum(momentum=0.9), params, X, y, lr=lr, **common)
+        res = fit(net, loss, sgd_momentum(momentum=0.9), params, X, y, lr=lr, **common)
         assert res.history.lr == pytest.approx(lr.values(), rel=1e-14)
     assert len(traces) == n_traces
 
@@ -125,7 +125,7 @@ def test_dropout_training_is_reproducible_and_key_dependent():
     _, params = init_params(net, jax.random.key(0), (5,))
 
     def run(seed):
-        return trainer.fit(
+        return fit(
             net,
             softmax_cross_entropy,
             sgd(),
@@ -148,9 +148,7 @@ def test_fit_refuses_dropout_without_key():
     net = serial(dense(4, "tanh", dropout=0.8), dense(2))
     _, params = init_params(net, jax.random.key(0), (3,))
     with pytest.raises(ValueError, match="key"):
-        trainer.fit(
-            net, softmax_cross_entropy, sgd(), params, X, y, epochs=1, batch_size=5, shuffle=False
-        )
+        fit(net, softmax_cross_entropy, sgd(), params, X, y, epochs=1, batch_size=5, shuffle=False)
 
 
 def test_out_of_range_labels_in_training_are_not_silent():
@@ -160,7 +158,5 @@ def test_out_of_range_labels_in_training_are_not_silent():
     y[7] = 3  # a fourth class for a 3-way output
     net = dense(3, "linear")
     _, params = init_params(net, jax.random.key(0), (4,))
-    with pytest.raises(trainer.TrainingDiverged):
-        trainer.fit(
-            net, softmax_cross_entropy, sgd(), params, X, y, epochs=1, batch_size=10, shuffle=False
-        )
+    with pytest.raises(TrainingDiverged):
+        fit(net, softmax_cross_entropy, sgd(), params, X, y, epochs=1, batch_size=10, shuffle=False)
