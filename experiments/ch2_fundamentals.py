@@ -34,6 +34,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from jaxscratch.book import stepwise as sw  # noqa: E402
+from jaxscratch.book import stepwise_train as swt  # noqa: E402
 from jaxscratch.data import BOSTON_FEATURES, boston_book_data  # noqa: E402
 from jaxscratch.runs.checkpoint import write_json_atomic as _write_json_atomic  # noqa: E402
 from jaxscratch.train.metrics import mae, r2, rmse  # noqa: E402
@@ -55,12 +56,12 @@ def _scores(P: np.ndarray, y: np.ndarray) -> dict:
     return {"mae": mae(P, y), "rmse": rmse(P, y), "r2": r2(P, y)}
 
 
-def _train_timed(X, y, **kw) -> tuple[sw.TrainResult, float, float]:
+def _train_timed(X, y, **kw) -> tuple[swt.TrainResult, float, float]:
     """Train twice: the first call compiles, the second shows the cost of the run alone."""
     times = []
     for _ in range(2):
         t0 = time.perf_counter()
-        res = sw.train(X, y, **kw)
+        res = swt.train(X, y, **kw)
         jax.block_until_ready(res)
         times.append(time.perf_counter() - t0)
     return res, times[0], times[1]
@@ -68,7 +69,7 @@ def _train_timed(X, y, **kw) -> tuple[sw.TrainResult, float, float]:
 
 def host_loop(X, y, *, model: str, mode: str, lr: float, batch_size: int, n_iter: int, seed: int):
     """For comparison only: the book's loop shape, a Python loop of jit-compiled steps, each batch
-    sliced on the host and sent to the device. Same draws as ``sw.train(..., rng="book")``.
+    sliced on the host and sent to the device. Same draws as ``swt.train(..., rng="book")``.
     Returns (weights, seconds of the loop, after compiling the step for both batch shapes)."""
     forward = sw.forward_linear_regression if model == "linear" else sw.forward_loss
     gradients = sw.loss_gradients_linear if model == "linear" else sw.loss_gradients_network
@@ -84,7 +85,7 @@ def host_loop(X, y, *, model: str, mode: str, lr: float, batch_size: int, n_iter
     for rows in {batch_size, len(X) % batch_size} - {0}:  # compile both batch shapes first
         jax.block_until_ready(step(w, X[:rows], y[:rows]))
     t0 = time.perf_counter()
-    orders = sw.book_permutations(r, len(X), sw.schedule(len(X), batch_size, n_iter).n_passes)
+    orders = swt.book_permutations(r, len(X), swt.batch_plan(len(X), batch_size, n_iter).n_passes)
     it = 0
     for order in orders:
         for start in range(0, len(X), batch_size):
@@ -200,7 +201,7 @@ def _plots(out: Path, X_test, y_test, res: dict, feature: int) -> None:
     Xg = np.zeros((grid.size, X_test.shape[1]))
     Xg[:, feature] = grid
     for model in ("linear", "network"):
-        ax.plot(grid, np.asarray(sw.predict(Xg, res[model]["weights"]))[:, 0], label=model)
+        ax.plot(grid, np.asarray(sw.predict_weights(Xg, res[model]["weights"]))[:, 0], label=model)
     ax.set_xlabel(f"{name} (standardised)")
     ax.set_ylabel("MEDV")
     ax.set_title(f"{name}, the largest |W| of the linear model; other features at 0")
@@ -245,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
         r, t_first, t_warm = _train_timed(
             X_train, y_train, model=model, mode=m, rng=rng, dtype=jnp.float64, **hp
         )
-        P = np.asarray(sw.predict(X_test, r.weights))
+        P = np.asarray(sw.predict_weights(X_test, r.weights))
         rows[key] = _scores(P, y_test)
         res[key] = {
             **rows[key],
@@ -309,7 +310,7 @@ def main(argv: list[str] | None = None) -> int:
     hp = res["network"]["hyperparameters"]
     kw = {k: hp[k] for k in ("lr", "batch_size", "n_iter", "seed")}
     w_loop, t_loop = host_loop(X_train, y_train, model="network", mode=mode, **kw)
-    w_scan = sw.train(X_train, y_train, model="network", mode=mode, rng="book", **kw).weights
+    w_scan = swt.train(X_train, y_train, model="network", mode=mode, rng="book", **kw).weights
     diff = max(float(np.max(np.abs(np.asarray(w_loop[k]) - np.asarray(w_scan[k])))) for k in w_loop)
     timing["network_host_loop"] = {"seconds": t_loop, "max_abs_weight_diff_vs_scan": diff}
     n_it = kw["n_iter"]

@@ -156,6 +156,9 @@ def test_deriv_central_difference() -> None:
     _assert_close("deriv(sigmoid)", C.deriv(C.sigmoid, x), C.sigmoid.deriv(x), 1e-6, 1e-6)
     with pytest.raises(ValueError, match="deriv: delta must be positive"):
         C.deriv(C.square, x, delta=0.0)
+    with pytest.raises(TypeError, match="deriv: delta must be a number"):
+        C.deriv(C.square, x, delta="0.001")
+    _assert_close("deriv(np delta)", C.deriv(C.square, x, delta=np.float32(0.5)), 2 * x, 1e-6)
 
 
 # --- chains ---------------------------------------------------------------------------------

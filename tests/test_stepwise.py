@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from jaxscratch.book import stepwise as sw
+from jaxscratch.book import stepwise_train as swt
 from jaxscratch.data import boston_book_data
 from jaxscratch.train.metrics import mae, rmse
 
@@ -83,7 +84,7 @@ def test_forward_loss_values(seed):
     close(loss, np.mean((yn - P_) ** 2))
     assert set(info) == {"X", "M1", "N1", "O1", "M2", "P", "y"}
     close(sw.predict_network(X, w), P_)
-    close(sw.predict(X, w), P_)
+    close(sw.predict_weights(X, w), P_)
 
 
 def test_sigmoid_network_finite_at_extremes():
@@ -371,7 +372,7 @@ def test_train_matches_book_numpy_loop(boston, model, batch_size, n_iter):
     X_train, _, y_train, _ = boston
     seed, lr = 180708, 0.001
     w_ref, loss_ref = book_numpy_train(X_train, y_train, model, n_iter, lr, batch_size, seed)
-    res = sw.train(
+    res = swt.train(
         X_train, y_train, model=model, n_iter=n_iter, lr=lr, batch_size=batch_size, seed=seed,
         mode="book",
     )  # fmt: skip
@@ -381,21 +382,21 @@ def test_train_matches_book_numpy_loop(boston, model, batch_size, n_iter):
         close(res.weights[k], w_ref[k], rtol=1e-9)
 
 
-def test_schedule():
-    s = sw.schedule(354, 23, 1000)
-    assert s == sw.Schedule(n_full=15, rem=9, per_pass=16, passes=62, extra=8, n_passes=63)
-    assert sw.schedule(354, 59, 12) == sw.Schedule(6, 0, 6, 2, 0, 2)
+def test_batch_plan():
+    s = swt.batch_plan(354, 23, 1000)
+    assert s == swt.BatchPlan(n_full=15, rem=9, per_pass=16, passes=62, extra=8, n_passes=63)
+    assert swt.batch_plan(354, 59, 12) == swt.BatchPlan(6, 0, 6, 2, 0, 2)
 
 
 def test_book_permutations_compose_like_the_book():
     r1, r2 = np.random.RandomState(3), np.random.RandomState(3)
-    orders = sw.book_permutations(r1, 10, 3)
+    orders = swt.book_permutations(r1, 10, 3)
     p0, p1, p2 = (r2.permutation(10) for _ in range(3))
     np.testing.assert_array_equal(orders, np.stack([p0, p0[p1], p0[p1][p2]]))
 
 
 def _figures(res, X_test, y_test):
-    P = np.asarray(sw.predict(X_test, res.weights))
+    P = np.asarray(sw.predict_weights(X_test, res.weights))
     return f"{mae(P, y_test):.4f}", f"{rmse(P, y_test):.4f}"
 
 
@@ -403,11 +404,11 @@ def test_book_figures_chapter2(boston):
     """The book's printed figures, float64, book RNG and book gradients (fast: one jit call)."""
     X_train, X_test, y_train, y_test = boston
     t0 = time.perf_counter()
-    lin = sw.train(
+    lin = swt.train(
         X_train, y_train, model="linear", n_iter=1000, lr=0.001, batch_size=23, seed=180708,
         mode="book",
     )  # fmt: skip
-    net = sw.train(
+    net = swt.train(
         X_train, y_train, model="network", n_iter=10_000, lr=0.001, batch_size=23, seed=180807,
         mode="book",
     )  # fmt: skip
@@ -415,7 +416,7 @@ def test_book_figures_chapter2(boston):
     assert _figures(net, X_test, y_test) == ("2.5951", "3.8851")
     assert time.perf_counter() - t0 < 10.0
     # with a per-unit hidden-bias gradient the same run lands elsewhere (REFERENCE.md)
-    unit = sw.train(
+    unit = swt.train(
         X_train, y_train, model="network", n_iter=10_000, lr=0.001, batch_size=23, seed=180807,
         mode="book_unit_bias",
     )  # fmt: skip
@@ -432,9 +433,9 @@ def test_least_squares_reference(boston):
 def test_jax_rng_mean_mode(boston):
     X_train, X_test, y_train, y_test = boston
     kw = dict(model="network", n_iter=300, lr=0.01, batch_size=23, mode="mean")
-    a = sw.train(X_train, y_train, seed=1, **kw)
-    b = sw.train(X_train, y_train, seed=1, **kw)
-    c = sw.train(X_train, y_train, seed=2, **kw)
+    a = swt.train(X_train, y_train, seed=1, **kw)
+    b = swt.train(X_train, y_train, seed=1, **kw)
+    c = swt.train(X_train, y_train, seed=2, **kw)
     for k in sw.NETWORK_KEYS:
         np.testing.assert_array_equal(a.weights[k], b.weights[k])
     assert not np.allclose(a.weights["W1"], c.weights["W1"])
@@ -445,7 +446,7 @@ def test_jax_rng_mean_mode(boston):
 
 def test_float32_smoke(boston):
     X_train, X_test, y_train, y_test = boston
-    res = sw.train(
+    res = swt.train(
         X_train, y_train, model="linear", n_iter=200, lr=0.02, batch_size=23, seed=0,
         mode="mean", rng="book", dtype=jnp.float32,
     )  # fmt: skip
@@ -465,7 +466,7 @@ def test_bad_input_rows_mismatch():
     with pytest.raises(ValueError, match=r"forward_loss: X has 7 rows but y has 5"):
         sw.forward_loss(Xn, yn[:5], wn)
     with pytest.raises(ValueError, match=r"train: X has 7 rows but y has 6"):
-        sw.train(X, y[:6], model="linear", n_iter=3, lr=0.1, batch_size=2, seed=0)
+        swt.train(X, y[:6], model="linear", n_iter=3, lr=0.1, batch_size=2, seed=0)
 
 
 def test_bad_input_flat_y():
@@ -476,7 +477,7 @@ def test_bad_input_flat_y():
     with pytest.raises(ValueError, match=r"forward_loss: y has shape \(7,\).*\(7, 1\)"):
         sw.forward_loss(Xn, yn[:, 0], wn)
     with pytest.raises(ValueError, match=r"train: y has shape \(7,\)"):
-        sw.train(X, y[:, 0], model="network", n_iter=3, lr=0.1, batch_size=2, seed=0)
+        swt.train(X, y[:, 0], model="network", n_iter=3, lr=0.1, batch_size=2, seed=0)
 
 
 def test_bad_input_nan():
@@ -484,11 +485,11 @@ def test_bad_input_nan():
     Xbad = np.asarray(X).copy()
     Xbad[2, 1] = np.nan
     with pytest.raises(ValueError, match=r"train: X holds NaN.*\[2, 1\]"):
-        sw.train(Xbad, y, model="linear", n_iter=3, lr=0.1, batch_size=2, seed=0)
+        swt.train(Xbad, y, model="linear", n_iter=3, lr=0.1, batch_size=2, seed=0)
     ybad = np.asarray(y).copy()
     ybad[4, 0] = np.inf
     with pytest.raises(ValueError, match=r"train: y holds NaN or infinite"):
-        sw.train(X, ybad, model="network", n_iter=3, lr=0.1, batch_size=2, seed=0, mode="book")
+        swt.train(X, ybad, model="network", n_iter=3, lr=0.1, batch_size=2, seed=0, mode="book")
     with pytest.raises(ValueError, match=r"predict_linear: X holds NaN"):
         sw.predict_linear(Xbad, w)
 
@@ -507,8 +508,29 @@ def test_bad_input_shapes_and_options():
     with pytest.raises(ValueError, match=r"loss_gradients_linear: forward_info must hold"):
         sw.loss_gradients_linear(info, {"W": w["W2"], "B": w["B2"]})
     with pytest.raises(ValueError, match=r"train: batch_size must be an integer in \[1, 7\]"):
-        sw.train(X, y, model="network", n_iter=3, lr=0.1, batch_size=8, seed=0)
+        swt.train(X, y, model="network", n_iter=3, lr=0.1, batch_size=8, seed=0)
     with pytest.raises(ValueError, match=r"train: model must be one of"):
-        sw.train(X, y, model="cnn", n_iter=3, lr=0.1, batch_size=2, seed=0)
-    with pytest.raises(ValueError, match=r"train: n_iter must be a positive integer"):
-        sw.train(X, y, model="linear", n_iter=0, lr=0.1, batch_size=2, seed=0)
+        swt.train(X, y, model="cnn", n_iter=3, lr=0.1, batch_size=2, seed=0)
+    with pytest.raises(ValueError, match=r"train: n_iter must be an integer in \[1, inf\)"):
+        swt.train(X, y, model="linear", n_iter=0, lr=0.1, batch_size=2, seed=0)
+    with pytest.raises(TypeError, match=r"train: lr must be a number"):
+        swt.train(X, y, model="linear", n_iter=3, lr="0.1", batch_size=2, seed=0)
+    with pytest.raises(ValueError, match=r"train: lr must be positive"):
+        swt.train(X, y, model="linear", n_iter=3, lr=float("nan"), batch_size=2, seed=0)
+    with pytest.raises(TypeError, match=r"train: batch_size must be an integer"):
+        swt.train(X, y, model="linear", n_iter=3, lr=0.1, batch_size=2.0, seed=0)
+    with pytest.raises(ValueError, match=r"train: rng must be one of 'book', 'jax'"):
+        swt.train(X, y, model="linear", n_iter=3, lr=0.1, batch_size=2, seed=0, rng="numpy")
+    with pytest.raises(ValueError, match=r"train: seed must be an integer in \[0, "):
+        swt.train(X, y, model="linear", n_iter=3, lr=0.1, batch_size=2, seed=-1, rng="book")
+    with pytest.raises(ValueError, match=r"init_weights: hidden_size must be an integer"):
+        sw.init_weights(jax.random.key(0), 3, model="network", hidden_size=0)
+
+
+def test_numpy_scalar_arguments_train_the_same():
+    X, y, _ = sample(0, "linear")
+    args = dict(model="network", mode="book", hidden_size=3)
+    a = swt.train(X, y, n_iter=5, lr=0.01, batch_size=3, seed=1, **args)
+    b = swt.train(X, y, n_iter=np.int64(5), lr=np.float32(0.01), batch_size=np.int32(3),
+                  seed=np.int64(1), **args)  # fmt: skip
+    close(a.losses, b.losses, rtol=1e-6)

@@ -18,6 +18,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from jaxscratch.validate import check_int, check_positive_int
+
 
 def ch3_init_and_orders(
     layer_sizes: Sequence[int], n_in: int, n_train: int, epochs: int, seed: int
@@ -29,13 +31,14 @@ def ch3_init_and_orders(
     row ``e`` holding the indices of the original training rows in the order epoch ``e`` visits
     them (pass it to ``trainer.fit(permutations=...)``).
     """
-    if not layer_sizes or any(int(s) <= 0 for s in layer_sizes):
-        raise ValueError(f"ch3_init_and_orders: layer sizes must be positive, got {layer_sizes}")
-    if epochs <= 0 or n_train <= 0 or n_in <= 0:
-        raise ValueError(
-            f"ch3_init_and_orders: epochs, n_train and n_in must be positive, "
-            f"got {epochs}, {n_train}, {n_in}"
-        )
+    fn = "ch3_init_and_orders"
+    if not layer_sizes:
+        raise ValueError(f"{fn}: layer_sizes is empty; it needs at least one layer")
+    layer_sizes = [check_positive_int(fn, "a layer size", s) for s in layer_sizes]
+    n_in = check_positive_int(fn, "n_in", n_in)
+    n_train = check_positive_int(fn, "n_train", n_train)
+    epochs = check_positive_int(fn, "epochs", epochs)
+    seed = check_int(fn, "seed", seed, minimum=0, maximum=2**32 - 1)
     rng = np.random.RandomState(seed)  # the book's global RNG, without touching numpy's
     order = np.arange(n_train)
     orders = np.empty((epochs, n_train), dtype=np.int64)

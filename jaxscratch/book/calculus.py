@@ -32,6 +32,8 @@ import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 
+from jaxscratch.validate import check_positive
+
 Array = jax.Array
 
 LEAKY_SLOPE = 0.2
@@ -152,8 +154,7 @@ def deriv(func: Callable[[Array], Array], x: ArrayLike, delta: float = 0.001) ->
     ``func`` must be elementwise; x: any shape -> same shape. Its error is O(delta^2) from
     truncation plus O(eps / delta) from rounding.
     """
-    if not delta > 0:
-        raise ValueError(f"deriv: delta must be positive, got {delta!r}")
+    delta = check_positive("deriv", "delta", delta)
     x = _as_float(x)
     return (func(x + delta) - func(x - delta)) / (2.0 * delta)
 

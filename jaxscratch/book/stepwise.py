@@ -34,24 +34,20 @@ Gradient modes (:data:`MODES`), i.e. which loss the returned gradients are the g
 :func:`implied_loss` names and returns the loss each mode's gradients belong to; the tests check
 this with ``jax.grad``, which is never used here.
 
-Training (:func:`train`) is one jit-compiled call: a ``lax.scan`` over passes through the data, each
-an inner ``lax.scan`` over the full batches plus one step on the shorter last batch, with the whole
-schedule of permutations precomputed, so the data stays on the device and no batch goes back to the
-host. Book-compatible randomness (``rng="book"``) replays the book's numpy draws: seed the legacy
-RNG, draw the weights with ``randn``, then one ``permutation(n)`` per pass, each applied to the
-already permuted rows (the book re-permutes its permuted copy). ``rng="jax"`` uses ``jax.random``.
+Training on the book's schedule (:func:`~jaxscratch.book.stepwise_train.train`) lives in
+:mod:`jaxscratch.book.stepwise_train`. Arguments are checked by :mod:`jaxscratch.validate`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from functools import partial
-from typing import Literal, NamedTuple
+from typing import Literal
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax import lax
+
+from jaxscratch.validate import check_choice, check_positive_int
 
 Array = jax.Array
 Weights = dict[str, Array]
@@ -136,8 +132,7 @@ def _check_finite(fn: str, **arrays: object) -> None:
 
 
 def _check_mode(fn: str, mode: str) -> None:
-    if mode not in MODES:
-        raise ValueError(f"{fn}: mode must be one of {MODES}, got {mode!r}")
+    check_choice(fn, "mode", mode, MODES)
 
 
 def _check_forward_info(fn: str, info: object, keys: tuple[str, ...]) -> None:
@@ -355,8 +350,7 @@ def implied_loss(model: ModelName, mode: Mode) -> tuple[str, Callable[[Array, Ar
 
 
 def _check_model(fn: str, model: str) -> None:
-    if model not in MODEL_NAMES:
-        raise ValueError(f"{fn}: model must be one of {MODEL_NAMES}, got {model!r}")
+    check_choice(fn, "model", model, MODEL_NAMES)
 
 
 def init_weights(
@@ -373,7 +367,7 @@ def init_weights(
     "W2": (h, 1), "B2": (1, 1)}, one subkey per array.
     """
     _check_model("init_weights", model)
-    shapes = _weight_shapes(model, n_in, hidden_size)
+    shapes = _weight_shapes("init_weights", model, n_in, hidden_size)
     keys = jax.random.split(key, len(shapes))
     return {
         k: jax.random.normal(kk, s, dtype) for kk, (k, s) in zip(keys, shapes.items(), strict=True)
@@ -390,210 +384,33 @@ def book_init_weights(
     ``np.random.seed(seed)`` followed by ``np.random.randn``, without touching the global state.
     """
     _check_model("book_init_weights", model)
-    return {k: rng.randn(*s) for k, s in _weight_shapes(model, n_in, hidden_size).items()}
+    shapes = _weight_shapes("book_init_weights", model, n_in, hidden_size)
+    return {k: rng.randn(*s) for k, s in shapes.items()}
 
 
-def _weight_shapes(model: str, n_in: int, hidden_size: int) -> dict[str, tuple[int, int]]:
+def _weight_shapes(fn: str, model: str, n_in: int, hidden_size: int) -> dict[str, tuple[int, int]]:
+    n_in = check_positive_int(fn, "n_in", n_in)
+    hidden_size = check_positive_int(fn, "hidden_size", hidden_size)
     if model == "linear":
         return {"W": (n_in, 1), "B": (1, 1)}
     return {"W1": (n_in, hidden_size), "B1": (1, hidden_size), "W2": (hidden_size, 1), "B2": (1, 1)}
 
 
-def book_permutations(rng: np.random.RandomState, n_rows: int, n_passes: int) -> np.ndarray:
-    """Row orders of the book's passes, as indices into the original rows: (n_passes, n_rows).
-
-    The book permutes its *already permuted* copy (``X, y = permute_data(X, y)``), so the order
-    of pass p is ``order[p-1][rng.permutation(n_rows)]``.
-    """
-    orders = np.empty((n_passes, n_rows), dtype=np.int64)
-    order = np.arange(n_rows)
-    for p in range(n_passes):
-        order = order[rng.permutation(n_rows)]
-        orders[p] = order
-    return orders
-
-
-class Schedule(NamedTuple):
-    """How ``n_iter`` iterations of ``batch_size`` rows fall on passes through ``n_rows`` rows.
-
-    Each pass has ``n_full`` batches of ``batch_size`` rows and, if ``rem > 0``, one last batch of
-    ``rem`` rows (``per_pass`` iterations). ``n_iter = passes * per_pass + extra``, where the
-    ``extra`` iterations (all full batches) start one more pass; ``n_passes`` permutations in all.
-    """
-
-    n_full: int
-    rem: int
-    per_pass: int
-    passes: int
-    extra: int
-    n_passes: int
-
-
-def schedule(n_rows: int, batch_size: int, n_iter: int) -> Schedule:
-    """The book's batch schedule: ``start`` advances by ``batch_size``; a new pass at ``n_rows``."""
-    n_full, rem = divmod(n_rows, batch_size)
-    per_pass = n_full + (rem > 0)
-    passes, extra = divmod(n_iter, per_pass)
-    return Schedule(n_full, rem, per_pass, passes, extra, passes + (extra > 0))
-
-
 # --------------------------------------------------------------------------------------------------
-# training
+# either model
 
 
-class TrainResult(NamedTuple):
-    """weights: the trained weights (device arrays); losses: (n_iter,) mean squared error of each
-    training batch, before that batch's update (what the book records)."""
+def predict_weights(X: Array, weights: Weights) -> Array:
+    """Predictions of the chapter-2 model that ``weights`` describe, chosen by their keys:
+    {"W","B"} is :func:`predict_linear`, {"W1","B1","W2","B2"} :func:`predict_network`.
 
-    weights: Weights
-    losses: Array
-
-
-_FORWARD = {"linear": forward_linear_regression, "network": forward_loss}
-_GRADIENTS = {"linear": loss_gradients_linear, "network": loss_gradients_network}
-
-
-def predict(X: Array, weights: Weights) -> Array:
-    """Predictions of either model, chosen by the weights' keys ({"W","B"} or {"W1","B1","W2","B2"}).
-
-    X: (n, d) -> (n, 1).
+    X: (n, d) -> (n, 1). (For a :class:`~jaxscratch.core.Op` network use
+    ``jaxscratch.train.loop.predict(net, params, X)``.)
     """
     if isinstance(weights, dict) and set(weights) == set(NETWORK_KEYS):
         return predict_network(X, weights)
     return predict_linear(X, weights)
 
 
-@partial(jax.jit, static_argnums=(1, 2, 3), static_argnames=("model", "hidden_size", "dtype"))
-def _jax_setup(
-    key: Array, n: int, d: int, n_passes: int, *, model: str, hidden_size: int, dtype: jnp.dtype
-) -> tuple[Weights, Array]:
-    """rng="jax": weights from one half of ``key``; pass p's row order from ``fold_in(other, p)``."""
-    k_init, k_data = jax.random.split(key)
-    weights = init_weights(k_init, d, model=model, hidden_size=hidden_size, dtype=dtype)
-    orders = jax.vmap(lambda p: jax.random.permutation(jax.random.fold_in(k_data, p), n))(
-        jnp.arange(n_passes)
-    )
-    return weights, orders
-
-
-@partial(jax.jit, static_argnames=("model", "mode", "batch_size", "n_iter"))
-def _run(
-    weights: Weights,
-    X: Array,
-    y: Array,
-    orders: Array,
-    lr: Array,
-    *,
-    model: str,
-    mode: str,
-    batch_size: int,
-    n_iter: int,
-) -> tuple[Weights, Array]:
-    """All ``n_iter`` SGD steps in one compiled call (see :func:`train`)."""
-    forward, gradients = _FORWARD[model], _GRADIENTS[model]
-    n, d = X.shape
-    s = schedule(n, batch_size, n_iter)
-    b = batch_size
-
-    def step(w: Weights, batch: tuple[Array, Array]) -> tuple[Weights, Array]:
-        Xb, yb = batch
-        loss, info = forward(Xb, yb, w)
-        grads, _ = gradients(info, w, mode)
-        return jax.tree.map(lambda p, g: p - lr * g, w, grads), loss
-
-    def full_batches(order: Array, count: int) -> tuple[Array, Array]:
-        idx = order[: count * b]
-        return X[idx].reshape(count, b, d), y[idx].reshape(count, b, 1)
-
-    def one_pass(w: Weights, order: Array) -> tuple[Weights, Array]:
-        w, losses = lax.scan(step, w, full_batches(order, s.n_full))
-        if s.rem:  # the book's shorter last batch, a step of its own (static shape (rem, d))
-            tail = order[s.n_full * b :]
-            w, last = step(w, (X[tail], y[tail]))
-            losses = jnp.concatenate([losses, last[None]])
-        return w, losses
-
-    parts = []
-    if s.passes:
-        weights, losses = lax.scan(one_pass, weights, orders[: s.passes])
-        parts.append(losses.reshape(-1))
-    if s.extra:
-        weights, losses = lax.scan(step, weights, full_batches(orders[s.passes], s.extra))
-        parts.append(losses)
-    return weights, jnp.concatenate(parts)
-
-
-def train(
-    X: Array | np.ndarray,
-    y: Array | np.ndarray,
-    *,
-    model: ModelName,
-    n_iter: int,
-    lr: float,
-    batch_size: int,
-    seed: int,
-    mode: Mode = "mean",
-    rng: Literal["book", "jax"] | None = None,
-    hidden_size: int = 13,
-    dtype: jnp.dtype = jnp.float64,
-) -> TrainResult:
-    """Mini-batch SGD on the book's schedule, all iterations in one jit-compiled call.
-
-    X: (n, d), y: (n, 1), finite. ``model`` "linear" or "network" (``hidden_size`` sigmoid units).
-    Iteration i takes the next ``batch_size`` rows of the current row order (the last batch of a
-    pass is shorter, ``n % batch_size`` rows); when the start reaches ``n`` a new pass begins with a
-    new order. Update ``w <- w - lr * grad`` with the gradients of ``mode`` (see :data:`MODES`).
-
-    ``rng`` (default: "book" for the book modes, "jax" for "mean"):
-    "book" replays the book's numpy draws from ``np.random.RandomState(seed)`` (weights, then one
-    permutation per pass, composed as the book does); "jax" splits ``jax.random.key(seed)`` into an
-    init key and a data key and draws pass p's order with ``fold_in(data_key, p)``.
-    ``dtype`` float64 needs ``jax_enable_x64``. Returns :class:`TrainResult`.
-    """
-    fn = "train"
-    _check_model(fn, model)
-    _check_mode(fn, mode)
-    rng = rng if rng is not None else ("jax" if mode == "mean" else "book")
-    if rng not in ("book", "jax"):
-        raise ValueError(f"{fn}: rng must be 'book' or 'jax', got {rng!r}")
-    dtype = jnp.dtype(dtype)
-    if dtype == jnp.float64 and not jax.config.jax_enable_x64:
-        raise ValueError(
-            f"{fn}: dtype float64 needs jax.config.update('jax_enable_x64', True) "
-            "(or pass dtype=jnp.float32)"
-        )
-    Xh, yh = np.asarray(X), np.asarray(y)
-    if Xh.ndim != 2:
-        raise ValueError(f"{fn}: X has shape {Xh.shape}, expected (n, d)")
-    _check_y(fn, Xh, yh)
-    _check_finite(fn, X=Xh, y=yh)
-    n, d = Xh.shape
-    if not isinstance(batch_size, int | np.integer) or not 1 <= batch_size <= n:
-        raise ValueError(f"{fn}: batch_size must be an integer in [1, {n}], got {batch_size!r}")
-    if not isinstance(n_iter, int | np.integer) or n_iter < 1:
-        raise ValueError(f"{fn}: n_iter must be a positive integer, got {n_iter!r}")
-    if not np.isfinite(lr) or lr <= 0:
-        raise ValueError(f"{fn}: lr must be a positive finite number, got {lr!r}")
-    n_passes = schedule(n, int(batch_size), int(n_iter)).n_passes
-
-    if rng == "book":
-        r = np.random.RandomState(seed)
-        w0 = book_init_weights(r, d, model=model, hidden_size=hidden_size)
-        weights = {k: jnp.asarray(v, dtype) for k, v in w0.items()}
-        orders = jnp.asarray(book_permutations(r, n, n_passes))
-    else:
-        weights, orders = _jax_setup(
-            jax.random.key(seed), n, d, n_passes, model=model, hidden_size=hidden_size, dtype=dtype
-        )
-    weights, losses = _run(
-        weights,
-        jnp.asarray(Xh, dtype),
-        jnp.asarray(yh, dtype),
-        orders,
-        jnp.asarray(lr, dtype),
-        model=model,
-        mode=mode,
-        batch_size=int(batch_size),
-        n_iter=int(n_iter),
-    )
-    return TrainResult(weights, losses)
+FORWARD = {"linear": forward_linear_regression, "network": forward_loss}
+GRADIENTS = {"linear": loss_gradients_linear, "network": loss_gradients_network}
