@@ -13,6 +13,7 @@ import pytest
 from jaxscratch.core import init_params
 from jaxscratch.runs import config
 from jaxscratch.runs.config import ConfigError
+from jaxscratch.train.stopping import BookRule, EarlyStopping
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "experiments" / "configs"
 
@@ -44,7 +45,7 @@ def _error(raw, base_dir=None) -> str:
 
 def test_resolves_defaults_and_round_trips_through_toml():
     cfg = config.validate(_raw(), name="t")
-    assert cfg["name"] == "t" and cfg["eval_every"] == 10 and cfg["early_stopping"] is True
+    assert cfg["name"] == "t" and cfg["eval_every"] == 10 and cfg["early_stopping"] == "best"
     assert cfg["dtype"] == "float64" and cfg["schedule"] == {"name": "constant"}
     assert cfg["layers"][1] == {
         "type": "dense",
@@ -60,6 +61,22 @@ def test_resolves_defaults_and_round_trips_through_toml():
     assert config.validate(again) == cfg  # the resolved config is a valid config
 
 
+@pytest.mark.parametrize(
+    "value, policy",
+    [(True, "best"), (False, "off"), ("best", "best"), ("book", "book"), ("off", "off")],
+)
+def test_early_stopping_key_names_a_policy(value, policy):
+    cfg = config.validate(_raw(early_stopping=value, eval_every=5), name="t")
+    assert cfg["early_stopping"] == policy
+    stopping = config.build_stopping(cfg)
+    if policy == "off":
+        assert stopping is None
+    elif policy == "book":
+        assert isinstance(stopping, BookRule) and stopping.every == 5
+    else:
+        assert isinstance(stopping, EarlyStopping) and stopping.restore == "best"
+
+
 def test_dumps_toml_quotes_and_floats():
     obj = {"s": 'a "b"\\c\n', "f": [1e-05, 2.0, 1e300, float("inf")], "i": -3, "t": {"k-1": True}}
     assert tomllib.loads(config.dumps_toml(obj)) == obj
@@ -70,22 +87,24 @@ def test_dumps_toml_quotes_and_floats():
     [
         (_raw(epoch=3), "epoch: unknown key; allowed keys: name, seed, epochs, batch_size"),
         (_raw(seed=None) if False else {k: v for k, v in BASE.items() if k != "seed"}, "seed: missing required key"),
-        (_raw(epochs="10"), "epochs: expected an integer, got string '10'"),
-        (_raw(epochs=True), "epochs: expected an integer, got boolean True"),
-        (_raw(batch_size=0), "batch_size: expected an integer >= 1, got 0"),
+        (_raw(epochs="10"), "epochs: value must be an integer, got str '10'"),
+        (_raw(epochs=True), "epochs: value must be an integer, got bool True"),
+        (_raw(batch_size=0), "batch_size: value must be an integer in [1, inf), got 0"),
         (_raw(dtype="float16"), "dtype: unknown value 'float16'; allowed: 'float64', 'float32'"),
         (_raw(loss="mae"), "loss: unknown value 'mae'; allowed: 'mean_squared_error', 'mse'"),
         (_raw(layers=[]), "layers: expected a non-empty array of tables"),
         (_raw(data={"name": "iris"}), "data.name: unknown value 'iris'; allowed: 'boston', 'mnist'"),
         (_raw(data={"name": "boston", "path": "x"}), "data.path: unknown key; allowed keys in data: name"),
         (_raw(optimizer={"name": "sgd"}), "optimizer.lr: missing required key"),
-        (_raw(optimizer={"name": "sgd", "lr": -1}), "optimizer.lr: expected a finite number in (0, inf]"),
+        (_raw(optimizer={"name": "sgd", "lr": -1}), "optimizer.lr: value must be a finite number in (0, inf), got -1"),
         (_raw(optimizer={"name": "sgd", "lr": 0.1, "momentum": 0.9}), "optimizer.momentum: unknown key; allowed keys in optimizer: name, lr"),
         (_raw(optimizer={"name": "sdg", "lr": 0.1}), "optimizer.name: unknown value 'sdg'; allowed: 'sgd', 'sgd_momentum'"),
         (_raw(schedule={"name": "cosine"}), "schedule.name: unknown value 'cosine'; allowed: 'constant', 'linear', 'exponential'"),
         (_raw(schedule={"name": "linear"}), "schedule.final_lr: missing required key"),
         (_raw(name="my run"), "name: 'my run' is not usable as a run name"),
         (_raw(data=[1]), "data: expected a table"),
+        (_raw(early_stopping="always"), "early_stopping: unknown value 'always'; allowed: 'best', 'book', 'off'"),
+        (_raw(seed=np.float64(1.0)), "seed: value must be an integer, got float64"),
     ],
 )  # fmt: skip
 def test_errors_name_the_key_and_the_allowed_values(raw, expected):
@@ -102,7 +121,9 @@ def test_layer_errors_name_the_layer():
     assert msg.startswith("layers[0].activation: unknown value 'sigmoidd'; allowed:")
     assert "'sigmoid'" in msg and "'tanh'" in msg and "'relu'" in msg
     layers[0] = {"type": "dense", "neurons": 3, "dropout": 1.5}
-    assert "layers[0].dropout: expected a finite number in (0, 1]" in _error(_raw(layers=layers))
+    assert "layers[0].dropout: value must be a finite number in (0, 1], got 1.5" in _error(
+        _raw(layers=layers)
+    )
     layers[0] = {"type": "densse", "neurons": 3}
     assert "layers[0].type: unknown value 'densse'; allowed: 'dense'" in _error(_raw(layers=layers))
     layers[0] = {"neurons": 3}
@@ -117,7 +138,7 @@ def test_optimizer_keywords_come_from_the_factory_and_are_range_checked():
     cfg = config.validate(_raw(optimizer={"name": "sgd_momentum", "lr": 0.1}), name="t")
     assert cfg["optimizer"] == {"name": "sgd_momentum", "lr": 0.1, "momentum": 0.9}
     msg = _error(_raw(optimizer={"name": "sgd_momentum", "lr": 0.1, "momentum": 1.5}))
-    assert msg.startswith("optimizer: sgd_momentum: momentum must be in [0, 1)")
+    assert msg.startswith("optimizer: sgd_momentum: momentum must be a finite number in [0, 1)")
     assert set(config.optimizer_fields("adam")) == {"name", "lr", "b1", "b2", "eps"}
 
 
@@ -206,7 +227,9 @@ def test_conv_and_recurrent_layers_build():
     bad = [{"type": "recurrent", "cell": "elman", "hidden": 4, "out": 3}]
     assert "layers[0].cell: unknown value 'elman'" in _error(_raw(layers=bad))
     bad = [{"type": "conv2d", "filters": 3, "kernel": [3, 0]}]
-    assert "layers[0].kernel[1]: expected an integer >= 1, got 0" in _error(_raw(layers=bad))
+    assert "layers[0].kernel[1]: value must be an integer in [1, inf), got 0" in _error(
+        _raw(layers=bad)
+    )
 
 
 def _csv(tmp_path, n=40, header=True):

@@ -17,6 +17,14 @@ manifest is what makes a checkpoint exist, so a process killed at any point leav
 checkpoint intact and at worst an orphaned temporary file or .npz (ignored, and overwritten later).
 :func:`latest` is the manifest with the highest epoch.
 
+A run saves its whole :class:`~jaxscratch.train.state.TrainState` with :func:`save_state`: trees
+``params``, ``opt_state``, ``key`` (the key's data, its implementation in ``meta``) and, when the run
+has a best evaluation, ``best_params`` and ``best_opt_state``; the state's epoch and the best's
+epoch, eval loss and metrics go in ``meta``. :func:`load_state` returns the TrainState; given no
+optimizer template it loads the params (and the best's params) alone, ignoring the optimizer
+leaves, so a model can be used without knowing how it was trained. :func:`load` likewise checks
+only the trees it is given templates for.
+
 Loading verifies, in order: the manifest parses and has every field; the .npz has the manifest's
 size and sha256 (a truncated or bit-flipped file is a :class:`CheckpointError` naming its path and
 both hashes); every array matches its manifest entry; the leaves match the template (a
@@ -25,12 +33,8 @@ both hashes); every array matches its manifest entry; the leaves match the templ
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 import re
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -38,6 +42,7 @@ import jax
 import numpy as np
 
 from jaxscratch import fileio
+from jaxscratch.train.state import Best, TrainState
 
 FORMAT = "jaxscratch-checkpoint/1"
 _MANIFEST_RE = re.compile(r"epoch-(\d+)\.json")
@@ -94,12 +99,13 @@ def save(
     meta: dict[str, Any] | None = None,
     *,
     keep: int | None = 2,
+    protect: tuple[int, ...] = (),
 ) -> Path:
     """Save ``trees`` (e.g. ``{"params": ..., "opt_state": ...}``) as the checkpoint of ``epoch``.
 
     Returns the manifest path. ``meta``: JSON-serialisable extras (epoch counters, best loss).
     ``keep``: how many of the newest checkpoints to keep (older ones are deleted after the new one
-    is in place; ``None`` keeps all).
+    is in place; ``None`` keeps all), besides those of the epochs in ``protect`` (the best one).
     """
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
@@ -137,7 +143,8 @@ def save(
     atomic_write(mpath, lambda f: f.write(text), mode="w")
     if keep is not None:
         for old in manifests(d)[:-keep]:
-            prune(old)
+            if manifest_epoch(old) not in protect:
+                prune(old)
     return mpath
 
 
@@ -176,6 +183,14 @@ def manifests(directory: str | Path) -> list[Path]:
         if m:
             found.append((int(m.group(1)), p))
     return [p for _, p in sorted(found)]
+
+
+def manifest_epoch(path: Path) -> int:
+    """The epoch in a manifest's file name (``epoch-000012.json`` -> 12)."""
+    m = _MANIFEST_RE.fullmatch(Path(path).name)
+    if m is None:
+        raise CheckpointError(f"{path}: not a checkpoint manifest name (epoch-NNNNNN.json)")
+    return int(m.group(1))
 
 
 def latest(directory: str | Path) -> Path | None:
@@ -252,12 +267,18 @@ def _dtype_of(leaf: Any) -> np.dtype:
     return np.dtype(dtype) if dtype is not None else np.asarray(leaf).dtype
 
 
+def _in_tree(leaf: str, tree: str) -> bool:
+    """Whether leaf name ``leaf`` belongs to the tree named ``tree`` (``params[0]['W']``)."""
+    return leaf == tree or leaf.startswith((tree + "[", tree + "."))
+
+
 def load(manifest_path: str | Path, templates: dict[str, Any]) -> Loaded:
     """Load and verify one checkpoint, rebuilding each tree in ``templates`` by leaf name.
 
     ``templates``: ``{"params": params_like, "opt_state": state_like}`` with the structure, shapes
     and dtypes the model expects: arrays, or ``jax.ShapeDtypeStruct`` leaves from
-    ``jax.eval_shape`` of the model's init. Raises :class:`CheckpointError` for a corrupt
+    ``jax.eval_shape`` of the model's init. Leaves of trees without a template are not read into
+    the result (load ``{"params": ...}`` alone from a checkpoint that also holds ``opt_state``). Raises :class:`CheckpointError` for a corrupt
     checkpoint and :class:`CheckpointMismatch` for one that does not fit the templates.
     """
     mpath = Path(manifest_path)
@@ -285,7 +306,9 @@ def load(manifest_path: str | Path, templates: dict[str, Any]) -> Loaded:
             trees[tname] = jax.tree_util.tree_unflatten(
                 treedef, [jax.numpy.asarray(a) for a in leaves]
             )
-    unexpected = sorted(set(arrays) - expected_names)
+    unexpected = sorted(
+        n for n in set(arrays) - expected_names if any(_in_tree(n, t) for t in templates)
+    )
     if missing or unexpected or mismatched:
         lines = [f"checkpoint {mpath.with_suffix('.npz')} does not match the model:"]
         lines += [f"  missing leaf {n}: model expects {d} {s}" for n, s, d in missing]
@@ -299,3 +322,96 @@ def load(manifest_path: str | Path, templates: dict[str, Any]) -> Loaded:
         ]
         raise CheckpointMismatch("\n".join(lines), missing, unexpected, mismatched)
     return Loaded(trees, manifest["meta"], int(manifest["epoch"]), mpath)
+
+
+def _key_tree(key: Any) -> tuple[Any, str | None]:
+    """``(key data, implementation name)`` of a typed key; a raw uint32 key as it is."""
+    if key is None:
+        return None, None
+    if jax.numpy.issubdtype(key.dtype, jax.dtypes.prng_key):
+        return jax.random.key_data(key), str(jax.random.key_impl(key))
+    return key, None
+
+
+def state_trees(state: TrainState) -> dict[str, Any]:
+    """The trees :func:`save_state` writes for ``state`` (see the module docstring)."""
+    trees = {"params": state.params, "opt_state": state.opt_state}
+    key, _ = _key_tree(state.key)
+    if key is not None:
+        trees["key"] = key
+    if state.best is not None:
+        trees["best_params"] = state.best.params
+        trees["best_opt_state"] = state.best.opt_state
+    return trees
+
+
+def save_state(
+    directory: str | Path,
+    epoch: int,
+    state: TrainState,
+    meta: dict[str, Any] | None = None,
+    *,
+    keep: int | None = 2,
+    protect: tuple[int, ...] = (),
+) -> Path:
+    """Save the whole TrainState as checkpoint ``epoch`` (the epoch training reached; after a
+    restore ``state.epoch`` is earlier and is kept in ``meta["state_epoch"]``). ``meta`` gains
+    ``state_epoch``, ``key_impl`` and ``best`` (epoch, eval_loss, metrics, or None)."""
+    b = state.best
+    full = dict(meta or {})
+    full.update(
+        state_epoch=int(state.epoch),
+        key_impl=_key_tree(state.key)[1],
+        has_key=state.key is not None,
+        best=None
+        if b is None
+        else {
+            "epoch": int(b.epoch),
+            "eval_loss": float(b.eval_loss),
+            "metrics": {k: float(v) for k, v in b.metrics.items()},
+        },
+    )
+    return save(directory, epoch, state_trees(state), full, keep=keep, protect=protect)
+
+
+def _templates(meta: dict[str, Any], params: Any, opt_state: Any) -> dict[str, Any]:
+    templates: dict[str, Any] = {"params": params}
+    if opt_state is not None:
+        templates["opt_state"] = opt_state
+    if meta.get("has_key"):
+        impl = meta.get("key_impl")
+        spec = jax.eval_shape(lambda: jax.random.key_data(jax.random.key(0, impl=impl)))
+        templates["key"] = spec if impl else jax.ShapeDtypeStruct((2,), np.uint32)
+    if meta.get("best") is not None:
+        templates["best_params"] = params
+        if opt_state is not None:
+            templates["best_opt_state"] = opt_state
+    return templates
+
+
+def load_state(
+    manifest_path: str | Path, params: Any, opt_state: Any = None
+) -> tuple[TrainState, Loaded]:
+    """``(TrainState, Loaded)`` of a :func:`save_state` checkpoint, verified like :func:`load`.
+
+    ``params`` / ``opt_state``: templates (arrays or ``jax.ShapeDtypeStruct`` leaves) of the
+    model's params and optimizer state. Without ``opt_state`` the state's ``opt_state`` (and the
+    best's) is ``None``: the params alone, for prediction.
+    """
+    mpath = Path(manifest_path)
+    meta = read_manifest(mpath)["meta"]
+    if "state_epoch" not in meta:
+        raise CheckpointError(f"checkpoint manifest {mpath} holds no TrainState (no state_epoch)")
+    loaded = load(mpath, _templates(meta, params, opt_state))
+    t = loaded.trees
+    key = t.get("key")
+    if key is not None and meta.get("key_impl"):
+        key = jax.random.wrap_key_data(key, impl=meta["key_impl"])
+    best = None
+    if meta.get("best") is not None:
+        b = meta["best"]
+        best = Best(
+            b["epoch"], b["eval_loss"], b["metrics"], t["best_params"], t.get("best_opt_state")
+        )
+    state = TrainState(t["params"], t.get("opt_state"), int(meta["state_epoch"]), key, best)
+    return state, loaded

@@ -1,14 +1,18 @@
 """The ``jaxscratch`` command.
 
-* ``jaxscratch gradcheck [OPS...]``: the gradient oracle over the op registry.
+* ``jaxscratch gradcheck [OPS...]``: the gradient oracle over the op registry, a row per op as
+  it finishes.
 * ``jaxscratch train CONFIG.toml [--run-dir DIR]``: a scripted training run (see
-  :mod:`jaxscratch.runs.config` for the file, :mod:`jaxscratch.runs.run` for the run directory).
+  :mod:`jaxscratch.runs.config` for the file, :mod:`jaxscratch.runs.rundir` for the run directory).
 * ``jaxscratch train --resume RUN_DIR``: continue a run from its last checkpoint.
-* ``jaxscratch evaluate RUN_DIR [--data NAME|FILE] [--split test|train]``: metrics of a saved model.
+* ``jaxscratch evaluate RUN_DIR [--data NAME|FILE] [--split test|train] [--checkpoint final|best|
+  latest|MANIFEST]``: metrics of a saved model.
 
-Exit status: 0 success; 1 a failed run (diverged, corrupt or mismatched checkpoint, a failed
-gradient check); 2 a usage, config or data error; 130 interrupted (Ctrl-C; the last checkpoint is
-kept and the run can be resumed).
+A user error (a bad argument, config, data file, run directory or checkpoint) is one line on
+stderr, ``jaxscratch COMMAND: message``, and an exit status, never a traceback. Exit status: 0
+success; 1 a failed run (diverged, corrupt or mismatched checkpoint, a failed gradient check); 2 a
+usage, config or data error; 130 interrupted (Ctrl-C; the last checkpoint is kept and the run can
+be resumed).
 """
 
 from __future__ import annotations
@@ -18,83 +22,107 @@ import json
 import sys
 from collections.abc import Callable
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
-
-
-def _gradcheck(args: argparse.Namespace) -> int:
-    import jax
-
-    jax.config.update("jax_enable_x64", True)
-    from jaxscratch.oracle.check import check_registry, format_reports
-
-    reports = check_registry(args.ops or None, seed=args.seed)
-    if args.ops and not reports:
-        print(f"jaxscratch gradcheck: no registered op named {args.ops}", file=sys.stderr)
-        return 2
-    print(format_reports(reports))
-    return 0 if all(r.passed for r in reports) else 1
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
 def _error(command: str, message: str) -> None:
     print(f"jaxscratch {command}: {message}", file=sys.stderr)
 
 
-def _train(args: argparse.Namespace) -> int:
-    from jaxscratch.runs import config
-    from jaxscratch.runs import run as runs
+def _gradcheck(args: argparse.Namespace) -> int:
+    import jax
+
+    jax.config.update("jax_enable_x64", True)
+    from jaxscratch.oracle import check
+
+    if not hasattr(check, "iter_registry"):  # the oracle without a streaming API
+        reports = check.check_registry(args.ops or None, seed=args.seed)
+        if reports:
+            print(check.format_reports(reports))
+    else:
+        reports = []
+        for report in check.iter_registry(args.ops or None, seed=args.seed):
+            if not reports:
+                print(check.HEADER, flush=True)
+            reports.append(report)
+            print(check.format_report(report), flush=True)
+        if reports:
+            n_fail = sum(not r.passed for r in reports)
+            verdict = "all pass" if n_fail == 0 else f"{n_fail} FAIL"
+            print(f"oracle: {len(reports) - n_fail}/{len(reports)} ops and losses pass ({verdict})")
+    if args.ops and not reports:
+        _error("gradcheck", f"no registered op named {args.ops}")
+        return EXIT_USAGE
+    return EXIT_OK if all(r.passed for r in reports) else EXIT_FAILED
+
+
+def _train_usage(args: argparse.Namespace) -> str | None:
+    """The usage error of a ``train`` command line, or None."""
     if args.resume is None and args.config is None:
-        _error("train", "give a CONFIG.toml, or --resume RUN_DIR")
-        return EXIT_USAGE
+        return "give a CONFIG.toml, or --resume RUN_DIR"
     if args.resume is not None and args.config is not None:
-        _error("train", "give either a CONFIG.toml or --resume RUN_DIR, not both")
-        return EXIT_USAGE
+        return "give either a CONFIG.toml or --resume RUN_DIR, not both"
     if args.resume is not None and args.run_dir is not None:
-        _error("train", "--run-dir is for new runs; --resume continues RUN_DIR in place")
-        return EXIT_USAGE
+        return "--run-dir is for new runs; --resume continues RUN_DIR in place"
     if args.stop_after is not None and args.stop_after < 1:
-        _error("train", f"--stop-after must be a positive epoch number, got {args.stop_after}")
+        return f"--stop-after must be a positive epoch number, got {args.stop_after}"
+    return None
+
+
+def _train(args: argparse.Namespace) -> int:
+    from jaxscratch.runs import config, session
+    from jaxscratch.runs.rundir import EXIT_CODES, RunError
+
+    usage = _train_usage(args)
+    if usage is not None:
+        _error("train", usage)
         return EXIT_USAGE
-    cfg = None
-    if args.config is not None:
-        try:
-            cfg = config.load_config(args.config)
-        except config.ConfigError as e:
-            _error("train", f"config error: {e}")
-            return EXIT_USAGE
     try:
         if args.resume is not None:
-            summary = runs.train(run_dir=args.resume, resume=True, stop_after=args.stop_after)
+            summary = session.train(run_dir=args.resume, resume=True, stop_after=args.stop_after)
         else:
-            summary = runs.train(cfg, args.run_dir, stop_after=args.stop_after)
-    except runs.RunError as e:
+            cfg = config.load_config(args.config)
+            summary = session.train(cfg, args.run_dir, stop_after=args.stop_after)
+    except config.ConfigError as e:
+        _error("train", f"config error: {e}")
+        return EXIT_USAGE
+    except RunError as e:
         _error("train", str(e))
         return e.exit_code
-    if summary["status"] == "diverged":
+    if summary.get("error"):
         _error("train", summary["error"])
-    return runs.EXIT_CODES.get(summary["status"], EXIT_FAILED)
+    return EXIT_CODES.get(summary["status"], EXIT_FAILED)
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from jaxscratch.runs import run as runs
+    from jaxscratch.runs.evaluation import evaluate, format_evaluation
+    from jaxscratch.runs.rundir import RunError
+
     try:
-        result = runs.evaluate(
-            args.run_dir, data=args.data, split=args.split, checkpoint_path=args.checkpoint
+        result = evaluate(
+            args.run_dir, data=args.data, split=args.split, checkpoint=args.checkpoint
         )
-    except runs.RunError as e:
+    except RunError as e:
         _error("evaluate", str(e))
         return e.exit_code
-    print(json.dumps(result) if args.json else runs.format_evaluation(result))
+    print(json.dumps(result) if args.json else format_evaluation(result))
     return EXIT_OK
 
 
 TRAIN_EPILOG = """\
-The config is a TOML file: seed, epochs, batch_size, eval_every, loss, a [data] table, one
-[[layers]] table per layer, an [optimizer] table and an optional [schedule] table (see
+The config is a TOML file: seed, epochs, batch_size, eval_every, early_stopping, loss, a [data]
+table, one [[layers]] table per layer, an [optimizer] table and an optional [schedule] table (see
 experiments/configs/ for examples, and the list of keys below). Unknown keys are errors.
 
+early_stopping: "best" (default; true): stop at the first evaluation whose eval loss is not lower
+than the best, and keep the best evaluated params; "book": the book's rule, checked every
+eval_every epochs, which keeps the params from the start of the worse epoch; "off" (false): train
+all epochs.
+
 The run directory receives the resolved config (config.toml), data.json, metrics.jsonl (one line
-per evaluation), checkpoints/ (after every evaluation; .npz + manifest with sha256), loss_curves.png
-and summary.json.
+per evaluation), checkpoints/ (the whole training state after every evaluation, .npz + manifest
+with sha256; the latest two and the best evaluated one are kept), loss_curves.png and
+summary.json (whose "final" numbers are those of the final checkpoint's params).
 
 exit status: 0 done (or stopped by --stop-after), 1 diverged or failed, 2 usage/config/data error,
 130 interrupted (resume with --resume RUN_DIR)."""
@@ -103,6 +131,9 @@ EVALUATE_EPILOG = """\
 --data takes a data set name (boston, mnist, fashion-mnist: its --split) or a .csv/.npz file laid
 out like the run's training data (all of its rows, preprocessed with the run's saved constants;
 an .npz holds X and y, or X_test and y_test).
+
+--checkpoint: final (default; the params the summary reports), best (the best evaluated epoch),
+latest (the newest file), or a manifest path (.json).
 
 exit status: 0 done, 1 corrupt or mismatched checkpoint, 2 usage or data error."""
 
@@ -126,16 +157,11 @@ def _config_keys() -> str:
     )
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="jaxscratch", description="Deep Learning from Scratch in JAX, gradients proven."
-    )
-    sub = parser.add_subparsers(
-        dest="command", required=True, metavar="COMMAND", parser_class=_Parser
-    )
+def _add_gradcheck(sub: argparse._SubParsersAction) -> None:
     g = sub.add_parser(
         "gradcheck",
-        help="check every registered op's hand-derived backward pass against jax.vjp and finite differences",
+        help="check every registered op's hand-derived backward pass against jax.vjp and "
+        "finite differences",
         description="Check every registered op's hand-derived backward pass against jax.vjp and "
         "central finite differences (float64). Exit status 1 if any op fails.",
     )
@@ -143,6 +169,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=0, help="seed of the oracle examples")
     g.set_defaults(func=_gradcheck)
 
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
     t = sub.add_parser(
         "train",
         help="train a model described by a TOML config, or resume a run",
@@ -173,11 +201,13 @@ def build_parser() -> argparse.ArgumentParser:
     t.extra_help = _config_keys
     t.set_defaults(func=_train)
 
+
+def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     e = sub.add_parser(
         "evaluate",
         help="report the loss and metrics of a run's saved model",
-        description="Load the last checkpoint of RUN_DIR (verified against its manifest) and "
-        "report the loss and metrics (accuracy, or MAE and RMSE) on a data set.",
+        description="Load a checkpoint of RUN_DIR (verified against its manifest; the final one "
+        "by default) and report the loss and metrics (accuracy, or MAE and RMSE) on a data set.",
         epilog=EVALUATE_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -190,10 +220,26 @@ def build_parser() -> argparse.ArgumentParser:
         help="which split of a named data set (default: test)",
     )
     e.add_argument(
-        "--checkpoint", metavar="MANIFEST", help="a checkpoint manifest (.json) instead of the last"
+        "--checkpoint",
+        metavar="final|best|latest|MANIFEST",
+        default="final",
+        help="which checkpoint (default: final)",
     )
     e.add_argument("--json", action="store_true", help="print the result as one JSON object")
     e.set_defaults(func=_evaluate)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``jaxscratch`` argument parser with its three subcommands."""
+    parser = argparse.ArgumentParser(
+        prog="jaxscratch", description="Deep Learning from Scratch in JAX, gradients proven."
+    )
+    sub = parser.add_subparsers(
+        dest="command", required=True, metavar="COMMAND", parser_class=_Parser
+    )
+    _add_gradcheck(sub)
+    _add_train(sub)
+    _add_evaluate(sub)
     return parser
 
 
@@ -211,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args))
     except KeyboardInterrupt:
         print("jaxscratch: interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

@@ -1,0 +1,202 @@
+"""The ``[[layers]]`` table: every layer type a config can name, its keys and its builder.
+
+Each :class:`LayerType` holds its builder function itself (imported here, not looked up by
+name), so a renamed module is an ``ImportError`` when this module loads, never a type that
+silently goes missing. ``build(spec, dtype) -> Op`` makes one op per config layer (a ``serial``
+when the layer has parts, such as dense + dropout).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from jaxscratch.core import Op, serial
+from jaxscratch.ops.activations import ACTIVATIONS, get_activation
+from jaxscratch.ops.conv import conv_layer
+from jaxscratch.ops.dense import dense
+from jaxscratch.ops.dropout import dropout
+from jaxscratch.ops.init import INITS
+from jaxscratch.ops.pool import flatten, make_max_pool2d
+from jaxscratch.ops.rnn import recurrent_layer
+from jaxscratch.runs.schema import (
+    REQUIRED,
+    ConfigError,
+    Field,
+    bool_check,
+    check_table,
+    choice_check,
+    float_check,
+    int_check,
+    str_check,
+    tagged,
+)
+
+
+@dataclass(frozen=True)
+class LayerType:
+    """A layer type: its keys, ``build(spec, dtype) -> Op`` and a one-line description."""
+
+    fields: dict[str, Field]
+    build: Callable[[dict[str, Any], Any], Op]
+    doc: str = ""
+
+
+def activations() -> list[str]:
+    """The activation names a layer may use."""
+    return list(ACTIVATIONS)
+
+
+def _kernel_check(key: str, value: Any) -> int | list[int]:
+    if isinstance(value, list):
+        if len(value) != 2:
+            raise ConfigError(f"{key}: expected an integer or [kh, kw], got {value!r}")
+        return [int_check(1)(f"{key}[{i}]", v) for i, v in enumerate(value)]
+    return int_check(1)(key, value)
+
+
+def _padding_check(key: str, value: Any) -> str | int:
+    if isinstance(value, str):
+        return choice_check(["same", "valid"])(key, value)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ConfigError(f"{key}: expected 'same', 'valid' or an integer >= 0, got {value!r}")
+    return value
+
+
+def _with_dropout(op: Op, spec: dict[str, Any]) -> Op:
+    keep = spec.get("dropout", 1.0)
+    if keep >= 1.0:
+        return op
+    drop = dropout(keep, inverted=spec.get("inverted_dropout", False))
+    return serial(op, drop, name=f"{op.name}+{drop.name}")
+
+
+def _build_dense(spec: dict[str, Any], dtype: Any) -> Op:
+    op = dense(spec["neurons"], spec["activation"], init=spec["init"], dtype=dtype)
+    return _with_dropout(op, spec)
+
+
+def _build_conv(spec: dict[str, Any], dtype: Any) -> Op:
+    kernel = spec["kernel"]
+    return conv_layer(
+        spec["filters"],
+        tuple(kernel) if isinstance(kernel, list) else kernel,
+        spec["activation"],
+        init=spec["init"],
+        dropout=spec["dropout"],
+        flatten=spec["flatten"],
+        stride=spec["stride"],
+        padding=spec["padding"],
+        bias=spec["bias"],
+        dtype=dtype,
+    )
+
+
+def _build_recurrent(spec: dict[str, Any], dtype: Any) -> Op:
+    op = recurrent_layer(
+        spec["cell"],
+        spec["hidden"],
+        spec["out"],
+        weight_scale=spec.get("weight_scale"),
+        dtype=dtype,
+    )
+    return _with_dropout(op, spec)
+
+
+_TYPE = Field(str_check)
+_ACT = Field(choice_check(activations), "linear", "an activation name")
+_INIT = Field(choice_check(lambda: list(INITS)), "normal", "'normal' or 'glorot'")
+_KEEP_PROB = float_check(0.0, 1.0, low_open=True)
+_DROPOUT = Field(_KEEP_PROB, 1.0, "keep probability in (0, 1]; 1 = no dropout")
+
+_DENSE = {
+    "type": _TYPE,
+    "neurons": Field(int_check(1), REQUIRED, "a positive integer"),
+    "activation": _ACT,
+    "init": _INIT,
+    "dropout": _DROPOUT,
+    "inverted_dropout": Field(bool_check, False),
+}
+_CONV = {
+    "type": _TYPE,
+    "filters": Field(int_check(1), REQUIRED, "a positive integer (output channels)"),
+    "kernel": Field(_kernel_check, REQUIRED, "an integer k or [kh, kw]"),
+    "activation": _ACT,
+    "init": _INIT,
+    "dropout": _DROPOUT,
+    "flatten": Field(bool_check, False),
+    "stride": Field(int_check(1), 1),
+    "padding": Field(_padding_check, "same"),
+    "bias": Field(bool_check, False),
+}
+_RECURRENT = {
+    "type": _TYPE,
+    "cell": Field(choice_check(["rnn", "lstm", "gru"]), REQUIRED, "'rnn', 'lstm' or 'gru'"),
+    "hidden": Field(int_check(1), REQUIRED, "a positive integer"),
+    "out": Field(int_check(1), REQUIRED, "a positive integer (per-step outputs)"),
+    "weight_scale": Field(
+        float_check(0.0, low_open=True), None, "std of the weights (default Glorot)"
+    ),
+    "dropout": _DROPOUT,
+    "inverted_dropout": Field(bool_check, False),
+}
+
+LAYERS: dict[str, LayerType] = {
+    "dense": LayerType(
+        _DENSE,
+        _build_dense,
+        "the book's Dense layer: activation(x @ W + B), then dropout (keep probability)",
+    ),
+    "conv2d": LayerType(
+        _CONV,
+        _build_conv,
+        "the book's Conv2D layer on NCHW images: conv -> activation -> dropout -> [flatten]",
+    ),
+    "recurrent": LayerType(
+        _RECURRENT,
+        _build_recurrent,
+        "the book's RNN/LSTM/GRU layer: (batch, T, n_in) -> (batch, T, out), learned start state",
+    ),
+    "max_pool2d": LayerType(
+        {"type": _TYPE, "size": Field(int_check(1), 2)},
+        lambda spec, dtype: make_max_pool2d(spec["size"]),
+        "max pooling over size x size windows",
+    ),
+    "flatten": LayerType(
+        {"type": _TYPE}, lambda spec, dtype: flatten, "(batch, ...) -> (batch, features)"
+    ),
+    "dropout": LayerType(
+        {
+            "type": _TYPE,
+            "keep_prob": Field(_KEEP_PROB, REQUIRED, "keep probability in (0, 1]"),
+            "inverted": Field(bool_check, False),
+        },
+        lambda spec, dtype: dropout(spec["keep_prob"], inverted=spec["inverted"]),
+        "dropout on its own (the book scales at inference; inverted scales in training)",
+    ),
+    "activation": LayerType(
+        {"type": _TYPE, "activation": Field(choice_check(activations), REQUIRED)},
+        lambda spec, dtype: get_activation(spec["activation"]),
+        "an activation on its own",
+    ),
+}
+
+
+def check_layers(key: str, value: Any) -> list[dict[str, Any]]:
+    """Validate the ``[[layers]]`` array: each table against its type's fields."""
+    if not isinstance(value, list) or not value:
+        raise ConfigError(
+            f"{key}: expected a non-empty array of tables ([[layers]]), got {value!r}"
+        )
+    out = []
+    for i, table in enumerate(value):
+        where = f"{key}[{i}]"
+        name, layer_type = tagged(where, table, "type", LAYERS)
+        out.append(check_table(where, table, layer_type.fields))
+    return out
+
+
+def build_layer(spec: dict[str, Any], dtype: Any) -> Op:
+    """The op of one validated ``[[layers]]`` table (``dtype``: numpy dtype or ``None``)."""
+    return LAYERS[spec["type"]].build(spec, dtype)

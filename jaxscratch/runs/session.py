@@ -1,0 +1,249 @@
+"""Train a resolved config in a run directory, from scratch or resumed from its last checkpoint.
+
+:func:`train` runs ``fit`` (:mod:`jaxscratch.train.loop`) on the config's model and data. ``fit``
+compiles the epochs between two evaluations into one call, so the host sees the run at every
+evaluation: that is when a metrics line is written, the whole TrainState checkpointed and the
+progress advanced. Every epoch's shuffle and dropout keys derive from the state's key and the
+epoch number (``fold_in``), so a resumed run (``fit(..., start=loaded_state)``) repeats the
+uninterrupted one bit for bit.
+
+When ``fit`` returns, its final state (after an early stop: the restored one) is saved as the
+final checkpoint, with ``fit``'s evaluation of exactly those params; the summary's ``final``
+numbers are that evaluation. The latest two checkpoints and the best evaluated one are kept.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Any, TextIO
+
+import jax
+import numpy as np
+
+from jaxscratch.core import init_params
+from jaxscratch.runs import checkpoint as ckpt
+from jaxscratch.runs import config as cfgmod
+from jaxscratch.runs.loader import load_state, run_config, x64
+from jaxscratch.runs.plots import plot_curves
+from jaxscratch.runs.progress import Progress
+from jaxscratch.runs.rundir import (
+    CHECKPOINT_DIR,
+    CONFIG_FILE,
+    DATA_FILE,
+    METRICS_FILE,
+    PLOT_FILE,
+    SUMMARY_FILE,
+    MetricsLog,
+    RunError,
+    default_run_dir,
+    read_metrics,
+    write_json,
+)
+from jaxscratch.runs.summary import format_summary, summarize
+from jaxscratch.train import loop
+from jaxscratch.train.state import EvaluationNotFinite, TrainingDiverged, TrainState, init_state
+
+METRIC_KEYS = ("accuracy", "mae", "rmse")
+
+
+class _StopRequested(Exception):
+    """Raised from the fit callback to end a run after a checkpoint (``--stop-after``)."""
+
+
+def _load_data(cfg: dict[str, Any]) -> cfgmod.Dataset:
+    try:
+        return cfgmod.load_data(cfg)
+    except (ValueError, OSError) as e:
+        raise RunError(f"data error: {e}", exit_code=2) from None
+
+
+def _evaluation(epoch: int, eval_loss: float | None, metrics: dict[str, float] | None) -> dict:
+    """The numbers of one evaluation of exactly the params of ``epoch``."""
+    if eval_loss is None:
+        return {}
+    return {"epoch": int(epoch), "eval_loss": float(eval_loss), **(metrics or {})}
+
+
+class _Session:
+    """One ``train`` call: the run directory, data, model, and what has been saved so far."""
+
+    def __init__(self, cfg: dict[str, Any], run_dir: Path, out: TextIO, stop_after: int | None):
+        self.cfg, self.run_dir, self.out, self.stop_after = cfg, run_dir, out, stop_after
+        self.ckpt_dir = run_dir / CHECKPOINT_DIR
+        self.log = MetricsLog(run_dir / METRICS_FILE)
+        self.data = _load_data(cfg)
+        self.model = cfgmod.build_model(cfg)
+        self.in_shape = tuple(self.data.X_train.shape[1:])
+        self.manifest: Path | None = None
+        self.meta: dict[str, Any] = {}
+        self.elapsed0, self.t0 = 0.0, time.perf_counter()
+        self.resumed_from: int | None = None
+
+    def wall(self) -> float:
+        return round(self.elapsed0 + time.perf_counter() - self.t0, 3)
+
+    def save(self, epoch: int, state: TrainState, evaluation: dict, **meta: Any) -> None:
+        """Checkpoint ``state`` as ``epoch``, keeping the best evaluated one."""
+        meta = {"evaluation": evaluation, "wall_time": self.wall(), "finished": False, **meta}
+        protect = (state.best.epoch,) if state.best is not None else ()
+        self.manifest = ckpt.save_state(self.ckpt_dir, epoch, state, meta, protect=protect)
+        self.meta = ckpt.read_manifest(self.manifest)["meta"]
+
+    def fresh(self) -> TrainState:
+        init_key, fit_key = jax.random.split(jax.random.key(self.cfg["seed"]))
+        params = init_params(self.model.net, init_key, self.in_shape)[1]
+        state = init_state(self.model.optimizer, params, fit_key)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        cfgmod.write_config(self.run_dir / CONFIG_FILE, self.cfg)
+        write_json(self.run_dir / DATA_FILE, {**self.data.stats, "input_shape": self.in_shape})
+        self.log.start()
+        self.save(0, state, {})
+        n = int(sum(np.size(leaf) for leaf in jax.tree_util.tree_leaves(params)))
+        self.out.write(
+            f"training {self.cfg['name']}: {len(self.cfg['layers'])} layers, {n} params; "
+            f"{self.data.description}\nrun dir: {self.run_dir}\n"
+        )
+        return state
+
+    def resumed(self) -> TrainState:
+        manifest = ckpt.latest(self.ckpt_dir)
+        if manifest is None:
+            raise RunError(f"--resume {self.run_dir}: no checkpoint in {self.ckpt_dir}")
+        try:
+            state = load_state(manifest, self.model, self.cfg, self.in_shape, optimizer=True)
+        except RunError as e:
+            others = [m.name for m in ckpt.manifests(self.ckpt_dir) if m != manifest]
+            hint = (
+                f"\n(older checkpoints: {', '.join(others)}; delete {manifest.name} to resume "
+                "from the one before it)"
+                if others
+                else ""
+            )
+            raise RunError(f"cannot resume: {e}{hint}") from None
+        self.manifest, self.meta = manifest, ckpt.read_manifest(manifest)["meta"]
+        self.elapsed0 = float(self.meta.get("wall_time", 0.0))
+        self.resumed_from = ckpt.manifest_epoch(manifest)
+        self.log.keep_until(self.resumed_from)
+        return state
+
+    def on_eval(self, info: dict[str, Any], progress: Progress) -> None:
+        """fit's callback: a metrics line, a checkpoint (unless the run is over), the progress."""
+        epoch, state = info["epoch"], info["state"]
+        record = {"epoch": epoch, "lr": info["lr"], "train_loss": info["train_loss"]}
+        record.update({k: info[k] for k in ("eval_loss", *METRIC_KEYS) if k in info})
+        record["wall_time"] = self.wall()
+        self.log.append(record)
+        finished = bool(info["stopped"]) or epoch >= self.cfg["epochs"]
+        if not finished:  # the final state is saved when fit returns, with its evaluation
+            metrics = {k: record[k] for k in METRIC_KEYS if k in record}
+            self.save(epoch, state, _evaluation(epoch, record.get("eval_loss"), metrics))
+        progress.update(record)
+        if self.stop_after is not None and epoch >= self.stop_after and not finished:
+            raise _StopRequested
+
+    def save_final(self, result: Any) -> None:
+        h, state = result.history, result.state
+        reached = h.stopped_epoch if h.stopped_early else self.cfg["epochs"]
+        self.save(
+            reached,
+            state,
+            _evaluation(h.final_epoch, h.final_eval_loss, h.final_metrics),
+            finished=True,
+            stopped_early=bool(h.stopped_early),
+            restored_to_epoch=h.restored_to_epoch,
+        )
+
+    def fit(self, state: TrainState) -> tuple[str, dict[str, Any]]:
+        """Run fit from ``state``; ``(status, error details)``."""
+        cfg, data = self.cfg, self.data
+        progress = Progress(self.out, cfg["epochs"], state.epoch, eval_every=cfg["eval_every"],
+                            wall0=self.elapsed0)  # fmt: skip
+        progress.start()
+        try:
+            result = loop.fit(
+                self.model.net, self.model.loss, self.model.optimizer, state,
+                data.X_train, data.y_train,
+                epochs=cfg["epochs"], batch_size=cfg["batch_size"], lr=self.model.schedule,
+                eval_data=(data.X_test, data.y_test), eval_every=cfg["eval_every"],
+                stopping=cfgmod.build_stopping(cfg), metrics=cfgmod.metric_fns(data.task),
+                step_mode=cfg["step_mode"], callback=lambda info: self.on_eval(info, progress),
+            )  # fmt: skip
+        except _StopRequested:
+            return "stopped", {}
+        except (TrainingDiverged, EvaluationNotFinite) as e:
+            return "diverged", self._diverged(e)
+        except KeyboardInterrupt:
+            return "interrupted", {}
+        finally:
+            progress.close()
+        self.save_final(result)
+        return "completed", {}
+
+    def _diverged(self, e: Exception) -> dict[str, Any]:
+        where = f"kept the last good checkpoint {self.manifest} (epoch {self.meta['state_epoch']})"
+        if isinstance(e, TrainingDiverged):
+            d = {"epoch": e.epoch, "batch": e.batch, "loss": e.loss}
+            msg = f"training diverged at epoch {e.epoch}, batch {e.batch}: loss {e.loss}; {where}"
+        else:
+            d = {"epoch": e.epoch, "batch": None, "loss": e.value}
+            msg = f"evaluation after epoch {e.epoch} gave {e.name} = {e.value}; {where}"
+        return {"error": msg, "diverged": d}
+
+    def finish(self, status: str, extra: dict[str, Any]) -> dict[str, Any]:
+        """Write the plot and ``summary.json``; print the summary; return it."""
+        records = read_metrics(self.log.path)
+        summary = summarize(self.cfg, self.run_dir, status, self.manifest, self.meta, self.wall())
+        summary.update(resumed_from=self.resumed_from, **extra)
+        try:
+            plot = plot_curves(records, self.run_dir / PLOT_FILE, self.cfg["name"])
+            summary["plot"] = str(plot) if plot is not None else None
+        except Exception as e:  # a plot must not lose the run's summary
+            summary["plot"], summary["plot_error"] = None, f"{type(e).__name__}: {e}"
+        write_json(self.run_dir / SUMMARY_FILE, summary)
+        self.out.write(format_summary(summary) + "\n")
+        return summary
+
+
+def train(
+    cfg: dict[str, Any] | None = None,
+    run_dir: str | Path | None = None,
+    *,
+    resume: bool = False,
+    stop_after: int | None = None,
+    out: TextIO | None = None,
+) -> dict[str, Any]:
+    """Run a resolved config in ``run_dir`` (fresh), or continue the run in ``run_dir`` (``resume``).
+
+    ``stop_after``: end the run after the first evaluation at an epoch >= this (status
+    ``"stopped"``, resumable). Prints progress and a summary to ``out``; returns the summary dict
+    (also written to ``summary.json``). Raises :class:`RunError` when the run cannot start.
+    """
+    out = out if out is not None else sys.stdout
+    if resume:
+        run_dir = Path(run_dir)
+        cfg = run_config(run_dir)
+    else:
+        run_dir = Path(run_dir) if run_dir is not None else default_run_dir(cfg["name"])
+        if run_dir.exists() and any(run_dir.iterdir()):
+            raise RunError(
+                f"run directory {run_dir} exists and is not empty; continue it with "
+                f"`jaxscratch train --resume {run_dir}` or choose another --run-dir",
+                exit_code=2,
+            )
+    with x64(cfg):
+        session = _Session(cfg, run_dir, out, stop_after)
+        state = session.resumed() if resume else session.fresh()
+        if resume and session.meta.get("finished"):
+            out.write(f"run {run_dir} already finished at epoch {session.resumed_from}; "
+                      "nothing to resume\n")  # fmt: skip
+            return summarize(cfg, run_dir, "completed", session.manifest, session.meta,
+                             session.elapsed0)  # fmt: skip
+        if resume:
+            out.write(
+                f"resuming {cfg['name']} from epoch {state.epoch} ({session.manifest}); "
+                f"{cfg['epochs'] - state.epoch} epochs to go\n"
+            )
+        status, extra = session.fit(state)
+        return session.finish(status, extra)
