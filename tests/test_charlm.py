@@ -165,3 +165,35 @@ def test_sampling_continues_the_learned_pattern_and_is_seeded(trained):
         charlm.sample(net, result.params, vocab, jax.random.key(5), PATTERN, temperature=0.0)
     with pytest.raises(ValueError, match="the prime has 5 characters"):
         charlm.sample(net, result.params, vocab, jax.random.key(5), "hello", window=13)
+
+
+def test_training_through_fit_equals_a_manual_loop_over_sample_windows():
+    """train_char_lm runs inside fit; iteration i trains on sample_windows(fold_in(data_key, i))."""
+    from jaxscratch.ops.rnn import sequence_softmax_cross_entropy
+    from jaxscratch.train import make_step
+
+    text = PATTERN * 10
+    vocab = charlm.build_vocabulary(text)
+    ids = charlm.encode(vocab, text)
+    net = charlm.char_model("gru", vocab.size, 8)
+    _, params = net.init(jax.random.key(0), (5, vocab.size))
+    opt, key = optimizers.adagrad(), jax.random.key(2)
+    res = charlm.train_char_lm(
+        net, params, vocab, ids, optimizer=opt, lr=0.05, iterations=4, batch_size=3, seq_len=5,
+        key=key, sample_every=3, sample_length=4,
+    )  # fmt: skip
+    step = make_step(net, sequence_softmax_cross_entropy, opt)
+    data_key = jax.random.split(key)[0]
+    p, s, losses = params, opt.init(params), []
+    for i in range(4):
+        x, y = charlm.sample_windows(jax.random.fold_in(data_key, i), jnp.asarray(ids), 3, 5)
+        p, s, v = step(p, s, jax.nn.one_hot(x, vocab.size), y, 0.05, None)
+        losses.append(float(v))
+    np.testing.assert_allclose(res.losses, losses, rtol=1e-12)
+    for a, b in zip(jax.tree.leaves(res.params), jax.tree.leaves(p), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-12)
+    assert [it for it, _ in res.samples] == [0, 3, 4]
+    x, y = charlm.windows(ids, 5)
+    assert x.shape == y.shape == (len(ids) - 5, 5)
+    np.testing.assert_array_equal(x[7], ids[7:12])
+    np.testing.assert_array_equal(y[7], ids[8:13])

@@ -12,9 +12,10 @@
   logits (batch, T, vocab).
 * Training: :func:`train_char_lm` with :data:`jaxscratch.ops.rnn.sequence_softmax_cross_entropy`,
   any :class:`~jaxscratch.optim.optimizers.Optimizer` (AdaGrad, SGD, wrapped by
-  :mod:`jaxscratch.optim.clipping`). Each call of the compiled program runs the ``sample_every``
-  iterations between two samples as one ``lax.scan`` (hand-derived gradients via
-  :func:`jaxscratch.train.loop.make_step`), so the host sees the losses once per period.
+  :mod:`jaxscratch.optim.clipping`), through :func:`jaxscratch.train.fit`: the rows are the
+  text's windows, an epoch is one iteration that draws its windows with replacement, and the
+  ``sample_every`` iterations between two samples are one evaluation period (one compiled call),
+  so the host sees the losses once per period.
 * Sampling: :func:`sample` continues a prime of ``window`` characters, one character at a time:
   each step feeds the last ``window`` characters (from the learned initial state, exactly as in
   training) and draws the next from ``softmax(logits / temperature)``. Seeded by a key.
@@ -35,8 +36,9 @@ import numpy as np
 
 from jaxscratch.core import Array, Op, Params, apply, serial
 from jaxscratch.ops import rnn
-from jaxscratch.optim.optimizers import Optimizer, check_lr
-from jaxscratch.train.loop import make_step
+from jaxscratch.optim.optimizers import Optimizer
+from jaxscratch.train import TrainingDiverged, TrainState, fit
+from jaxscratch.validate import check_lr, check_positive_int
 
 DEFAULT_MAX_CHARS = 100_000
 #: fallback for :func:`default_text` when ``pydoc_data`` is missing (some distributions split it)
@@ -55,7 +57,7 @@ def default_text(max_chars: int = DEFAULT_MAX_CHARS) -> str:
     :data:`FALLBACK_MODULES` (found with ``inspect.getsourcefile``) concatenated. Deterministic for
     a given Python version. See :func:`default_text_source` for a description.
     """
-    _check_positive_int("default_text", "max_chars", max_chars)
+    check_positive_int("default_text", "max_chars", max_chars)
     try:
         from pydoc_data.topics import topics
 
@@ -96,7 +98,7 @@ def load_text(path: str | Path | None = None, max_chars: int | None = None) -> s
             raise ValueError(f"load_text: {str(p)!r} is not a file")
         text = p.read_text(encoding="utf-8")
         if max_chars is not None:
-            _check_positive_int("load_text", "max_chars", max_chars)
+            check_positive_int("load_text", "max_chars", max_chars)
             text = text[:max_chars]
     if not text:
         raise ValueError(f"load_text: the text from {str(path or 'default_text()')!r} is empty")
@@ -159,15 +161,9 @@ def decode(vocab: Vocabulary, ids: Any) -> str:
 # batches
 
 
-def _check_positive_int(fn: str, name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value <= 0:
-        raise ValueError(f"{fn}: {name} must be a positive integer, got {value!r}")
-    return int(value)
-
-
 def check_windows(fn: str, n_chars: int, seq_len: int) -> None:
     """``ValueError`` unless a text of ``n_chars`` holds a window of ``seq_len`` + 1 characters."""
-    _check_positive_int(fn, "seq_len", seq_len)
+    check_positive_int(fn, "seq_len", seq_len)
     if n_chars < seq_len + 1:
         raise ValueError(
             f"{fn}: sequence length {seq_len} needs a text of at least {seq_len + 1} characters "
@@ -184,7 +180,7 @@ def sample_windows(key: Array, ids: Array, batch: int, seq_len: int) -> tuple[Ar
     if ids.ndim != 1:
         raise ValueError(f"sample_windows: ids must have shape (n,), got {tuple(ids.shape)}")
     check_windows("sample_windows", ids.shape[0], seq_len)
-    _check_positive_int("sample_windows", "batch", batch)
+    check_positive_int("sample_windows", "batch", batch)
     starts = jax.random.randint(key, (batch, 1), 0, ids.shape[0] - seq_len)
     pos = starts + jnp.arange(seq_len)[None, :]
     return ids[pos], ids[pos + 1]
@@ -214,8 +210,8 @@ def char_model(
         raise ValueError(
             f"char_model: kind must be cells from {sorted(rnn.CELLS)} joined by '-', got {kind!r}"
         )
-    _check_positive_int("char_model", "vocab_size", vocab_size)
-    _check_positive_int("char_model", "hidden", hidden)
+    check_positive_int("char_model", "vocab_size", vocab_size)
+    check_positive_int("char_model", "hidden", hidden)
     layers = []
     for n, p in enumerate(parts):
         out = vocab_size if n == len(parts) - 1 else hidden
@@ -250,29 +246,40 @@ def _dtype_of(params: Params):
 
 
 @functools.lru_cache(maxsize=32)
-def _train_program(net: Op, optimizer: Optimizer, batch: int, seq_len: int, vocab_size: int):
-    """``run(params, state, ids, data_key, start, lr, n=...) -> (params, state, losses (n,))``.
+def one_hot_inputs(net: Op, vocab_size: int, dtype: Any) -> Op:
+    """``net`` fed int ids: x (batch, T) ints -> one-hot (batch, T, vocab) in ``dtype`` -> ``net``.
 
-    Iteration ``i`` trains on the windows of ``fold_in(data_key, i)``. Jitted, ``n`` static;
-    cached per (net, optimizer, batch, seq_len, vocab) object identity.
+    Same params, cache and backward as ``net`` (the one-hot step has no parameters; the returned
+    ``dx`` is the gradient with respect to the one-hot input, which training discards). The
+    windows stay int ids in memory and become one-hot inside the compiled step. Cached per
+    (net, vocab, dtype), so every :func:`train_char_lm` of a model shares one compiled program.
     """
-    step = make_step(net, rnn.sequence_softmax_cross_entropy, optimizer)
+    dtype = np.dtype(dtype)
 
-    @functools.partial(jax.jit, static_argnames="n")
-    def run(params, state, ids, data_key, start, lr, *, n):
-        dtype = _dtype_of(params)
+    def forward(params, x, **kw):
+        return net.forward(params, jax.nn.one_hot(x, vocab_size, dtype=dtype), **kw)
 
-        def body(carry, i):
-            p, s = carry
-            x_ids, y_ids = sample_windows(jax.random.fold_in(data_key, i), ids, batch, seq_len)
-            x = jax.nn.one_hot(x_ids, vocab_size, dtype=dtype)
-            p, s, value = step(p, s, x, y_ids, lr, None)
-            return (p, s), value
+    return Op(f"one_hot[{vocab_size}]->{net.name}", forward, net.backward, None, net.stochastic)
 
-        (params, state), losses = jax.lax.scan(body, (params, state), start + jnp.arange(n))
-        return params, state, losses
 
-    return run
+def windows(ids: np.ndarray, seq_len: int) -> tuple[np.ndarray, np.ndarray]:
+    """Every window of the text: ``x[i] = ids[i : i + T]``, ``y[i] = ids[i + 1 : i + T + 1]``,
+    both (n - T, T) int32 (the rows :func:`sample_windows` draws from)."""
+    check_windows("windows", ids.shape[0], seq_len)
+    starts = np.arange(ids.shape[0] - seq_len)[:, None] + np.arange(seq_len)[None, :]
+    return ids[starts].astype(np.int32), ids[starts + 1].astype(np.int32)
+
+
+def _check_ids(vocab: Vocabulary, ids: Any, seq_len: int) -> np.ndarray:
+    ids_h = np.asarray(ids)
+    if ids_h.ndim != 1 or not np.issubdtype(ids_h.dtype, np.integer):
+        raise ValueError(
+            f"train_char_lm: ids must be a 1-D integer array, got {ids_h.dtype} {ids_h.shape}"
+        )
+    check_windows("train_char_lm", ids_h.shape[0], seq_len)
+    if ids_h.min() < 0 or ids_h.max() >= vocab.size:
+        raise ValueError(f"train_char_lm: ids must be in 0..{vocab.size - 1}")
+    return ids_h
 
 
 def train_char_lm(
@@ -298,71 +305,60 @@ def train_char_lm(
 
     Every iteration: ``batch_size`` windows of ``seq_len`` characters, one-hot inputs, the loss
     :data:`~jaxscratch.ops.rnn.sequence_softmax_cross_entropy` against the next characters, the
-    hand-derived backward pass, ``optimizer.update`` with ``lr``. ``key`` is split into a data key
-    (iteration ``i`` uses ``fold_in(data_key, i)``) and a sampling key (the sample after iteration
-    ``i`` uses ``fold_in(sample_key, i)``), so runs are reproducible and two models trained with
-    the same key see the same batches. The ``sample_every`` iterations between two samples run
-    as one compiled ``lax.scan``; samples of ``sample_length`` characters (:func:`sample`,
-    ``prime``: default the text's first ``seq_len`` characters) are drawn at iteration 0, every
-    ``sample_every`` iterations and at the end (``sample_every=None``: only at the start and the
-    end). ``callback(info)`` gets ``iteration``, ``loss`` (mean over the period) and ``sample``
-    after each period. A non-finite loss raises ``FloatingPointError`` naming the iteration.
+    hand-derived backward pass, ``optimizer.update`` with ``lr``. Training runs in
+    :func:`jaxscratch.train.fit`: the rows are the text's windows (:func:`windows`), an epoch is
+    one iteration drawing its windows with replacement, and an evaluation period is
+    ``sample_every`` iterations (one compiled call). ``key`` is split into a data key (iteration
+    ``i`` draws with ``fold_in(data_key, i)``, as :func:`sample_windows` does) and a sampling key
+    (the sample after iteration ``i`` uses ``fold_in(sample_key, i)``), so runs are reproducible
+    and two models trained with the same key see the same batches. Samples of ``sample_length``
+    characters (:func:`sample`, ``prime``: default the text's first ``seq_len`` characters) are
+    drawn at iteration 0, every ``sample_every`` iterations and at the end
+    (``sample_every=None``: only at the start and the end). ``callback(info)`` gets
+    ``iteration``, ``loss`` (mean over the period) and ``sample`` after each period. A non-finite
+    loss raises :class:`~jaxscratch.train.TrainingDiverged` (a ``FloatingPointError``) naming
+    the iteration (its epoch).
     """
-    iterations = _check_positive_int("train_char_lm", "iterations", iterations)
-    batch_size = _check_positive_int("train_char_lm", "batch_size", batch_size)
-    sample_length = _check_positive_int("train_char_lm", "sample_length", sample_length)
+    iterations = check_positive_int("train_char_lm", "iterations", iterations)
+    batch_size = check_positive_int("train_char_lm", "batch_size", batch_size)
+    sample_length = check_positive_int("train_char_lm", "sample_length", sample_length)
     if sample_every is not None:
-        sample_every = _check_positive_int("train_char_lm", "sample_every", sample_every)
+        sample_every = check_positive_int("train_char_lm", "sample_every", sample_every)
     check_lr("train_char_lm", lr)
     _check_temperature("train_char_lm", temperature)
-    ids_h = np.asarray(ids)
-    if ids_h.ndim != 1 or not np.issubdtype(ids_h.dtype, np.integer):
-        raise ValueError(
-            f"train_char_lm: ids must be a 1-D integer array, got {ids_h.dtype} {ids_h.shape}"
-        )
-    check_windows("train_char_lm", ids_h.shape[0], seq_len)
-    if ids_h.min() < 0 or ids_h.max() >= vocab.size:
-        raise ValueError(f"train_char_lm: ids must be in 0..{vocab.size - 1}")
+    ids_h = _check_ids(vocab, ids, seq_len)
     prime_text = prime if prime is not None else decode(vocab, ids_h[:seq_len])
     prime_ids = _prime_ids("train_char_lm", vocab, prime_text, seq_len)
-    ids_d = jnp.asarray(ids_h)
-    data_key, sample_key = jax.random.split(key)
-    if opt_state is None:
-        opt_state = optimizer.init(params)
-    run = _train_program(net, optimizer, batch_size, seq_len, vocab.size)
-    lr_d = jnp.asarray(lr, _dtype_of(params))
+    sample_key = jax.random.split(key)[1]  # [0] is fit's data key
 
-    def draw(it: int) -> str:
-        out = sample(
-            net,
-            params,
-            vocab,
-            jax.random.fold_in(sample_key, it),
-            prime_ids,
-            length=sample_length,
-            temperature=temperature,
-        )
-        return out
+    def draw(p: Params, it: int) -> str:
+        k = jax.random.fold_in(sample_key, it)
+        return sample(net, p, vocab, k, prime_ids, length=sample_length, temperature=temperature)
 
-    samples = [(0, draw(0))]
-    losses: list[np.ndarray] = []
-    period = sample_every or iterations
-    done = 0
-    while done < iterations:
-        n = min(period, iterations - done)
-        params, opt_state, chunk = run(params, opt_state, ids_d, data_key, done, lr_d, n=n)
-        chunk_h = np.asarray(chunk, np.float64)
-        bad = np.flatnonzero(~np.isfinite(chunk_h))
-        if bad.size:
-            raise FloatingPointError(
-                f"train_char_lm: the loss became {chunk_h[bad[0]]} at iteration {done + bad[0] + 1}"
-            )
-        losses.append(chunk_h)
-        done += n
-        samples.append((done, draw(done)))
+    samples, losses = [(0, draw(params, 0))], []
+
+    def on_period(info: dict[str, Any]) -> None:
+        it, period = info["epoch"], info["period_train_loss"]
+        losses.extend(period)
+        samples.append((it, draw(info["state"].params, it)))
         if callback is not None:
-            callback({"iteration": done, "loss": float(chunk_h.mean()), "sample": samples[-1][1]})
-    return CharLMResult(params, opt_state, np.concatenate(losses), samples)
+            callback({"iteration": it, "loss": float(np.mean(period)), "sample": samples[-1][1]})
+
+    X, Y = windows(ids_h, seq_len)
+    state = TrainState(params, optimizer.init(params) if opt_state is None else opt_state, 0, key)
+    try:
+        result = fit(
+            one_hot_inputs(net, vocab.size, _dtype_of(params)),
+            rnn.sequence_softmax_cross_entropy, optimizer, state, X, Y,
+            epochs=iterations, batch_size=batch_size, lr=lr,
+            eval_every=sample_every or iterations, replacement=True, steps_per_epoch=1,
+            stopping=None, callback=on_period,
+        )  # fmt: skip
+    except TrainingDiverged as e:
+        raise FloatingPointError(
+            f"train_char_lm: the loss became {e.loss} at iteration {e.epoch}"
+        ) from e
+    return CharLMResult(result.params, result.opt_state, np.asarray(losses, np.float64), samples)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -429,11 +425,11 @@ def sample(
     ``prime``: a string (its last ``window`` characters are used; fewer is a ``ValueError``) or
     ``window`` int ids. One jitted ``lax.scan``; deterministic given ``key``.
     """
-    length = _check_positive_int("sample", "length", length)
+    length = check_positive_int("sample", "length", length)
     t = _check_temperature("sample", temperature)
     if window is None:
         window = len(prime) if isinstance(prime, str) else int(np.shape(prime)[0])
-    window = _check_positive_int("sample", "window", window)
+    window = check_positive_int("sample", "window", window)
     prime_ids = _prime_ids("sample", vocab, prime, window)
     run = _sample_program(net, vocab.size, window, length)
     chars = run(params, key, prime_ids, jnp.asarray(t))
@@ -443,7 +439,7 @@ def sample(
 def smooth(losses: Any, window: int = 50) -> np.ndarray:
     """Trailing moving average: entry i is the mean of ``losses[max(0, i - window + 1) : i + 1]``."""
     x = np.asarray(losses, np.float64)
-    window = _check_positive_int("smooth", "window", window)
+    window = check_positive_int("smooth", "window", window)
     c = np.concatenate([[0.0], np.cumsum(x)])
     i = np.arange(1, x.size + 1)
     lo = np.maximum(0, i - window)

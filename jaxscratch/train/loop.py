@@ -97,7 +97,8 @@ def fit(
     A non-finite training loss raises :class:`~jaxscratch.train.state.TrainingDiverged` (``.state``:
     after the last finite epoch); a non-finite eval loss or metric raises
     :class:`~jaxscratch.train.state.EvaluationNotFinite`. ``callback(info)`` runs on the host after
-    each period: ``epoch``, ``train_loss``, ``lr``, ``eval_loss`` and each metric (when evaluated),
+    each period: ``epoch``, ``train_loss`` and ``lr`` (of its last epoch), ``period_train_loss``
+    (each epoch's), ``eval_loss`` and each metric (when evaluated),
     ``state`` (the live TrainState; after a restore, the restored one: save ``state`` and the
     checkpoint is the returned state) and ``stopped``. ``progress=True``: a live line on stderr
     (only on a terminal). ``step_mode``: ``"scan"``, ``"step"`` or ``"auto"``
@@ -268,7 +269,8 @@ class _Run:
             history.train_loss.append(float(np.dot(losses_h[j], sizes) / sizes.sum()))
             history.lr.append(lrs[j])
         state = state._replace(params=p, opt_state=s, epoch=first + count)
-        info = {"epoch": state.epoch, "train_loss": history.train_loss[-1], "lr": lrs[-1]}
+        info = {"epoch": state.epoch, "train_loss": history.train_loss[-1], "lr": lrs[-1],
+                "period_train_loss": history.train_loss[-count:]}  # fmt: skip
         return state, (p_prev, s_prev), info
 
 
