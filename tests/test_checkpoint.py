@@ -20,6 +20,7 @@ from jaxscratch.ops.dense import dense
 from jaxscratch.optim.optimizers import adam, sgd_momentum
 from jaxscratch.runs import checkpoint
 from jaxscratch.runs.checkpoint import CheckpointError, CheckpointMismatch
+from jaxscratch.train.state import Best, TrainState
 
 
 def _model(hidden=5, n_in=4):
@@ -85,6 +86,57 @@ def test_keeps_the_newest_checkpoints_only(tmp_path):
         "epoch-000002.npz",
         "epoch-000003.npz",
     ]
+
+
+def test_the_best_checkpoint_survives_pruning(tmp_path):
+    trees = _trees()
+    for epoch in range(5):
+        checkpoint.save(tmp_path, epoch, trees, keep=2, protect=(1,))
+    assert [checkpoint.manifest_epoch(p) for p in checkpoint.manifests(tmp_path)] == [1, 3, 4]
+
+
+def _state(epoch=6, best_epoch=4, opt=None, key=True):
+    trees = _trees(opt=opt)
+    later = jax.tree.map(lambda a: a + 1.0, trees)
+    best = Best(best_epoch, 0.25, {"mae": 0.5}, trees["params"], trees["opt_state"])
+    k = jax.random.key(11) if key else None
+    return TrainState(later["params"], later["opt_state"], epoch, k, best)
+
+
+def test_train_state_roundtrip_is_bitwise(tmp_path):
+    state = _state(opt=adam())
+    m = checkpoint.save_state(tmp_path, 7, state, {"wall_time": 1.5})
+    zeros = _trees(opt=adam())
+    got, loaded = checkpoint.load_state(m, zeros["params"], zeros["opt_state"])
+    assert loaded.epoch == 7 and got.epoch == 6 and loaded.meta["wall_time"] == 1.5
+    _assert_trees_equal((got.params, got.opt_state), (state.params, state.opt_state))
+    _assert_trees_equal(
+        (got.best.params, got.best.opt_state), (state.best.params, state.best.opt_state)
+    )
+    assert (got.best.epoch, got.best.eval_loss, got.best.metrics) == (4, 0.25, {"mae": 0.5})
+    assert type(got.opt_state) is type(state.opt_state)
+    np.testing.assert_array_equal(jax.random.key_data(got.key), jax.random.key_data(state.key))
+    assert jax.random.key_impl(got.key) == jax.random.key_impl(state.key)
+    # the restored key draws what the original draws
+    np.testing.assert_array_equal(
+        jax.random.normal(got.key, (3,)), jax.random.normal(state.key, (3,))
+    )
+
+
+def test_params_load_without_an_optimizer_template(tmp_path):
+    state = _state(key=False)._replace(best=None)
+    m = checkpoint.save_state(tmp_path, 6, state)
+    got, _ = checkpoint.load_state(m, _trees()["params"])
+    assert got.opt_state is None and got.key is None and got.best is None
+    _assert_trees_equal(got.params, state.params)
+    loaded = checkpoint.load(m, {"params": _trees()["params"]})  # the plain loader too
+    assert set(loaded.trees) == {"params"}
+    # the params are still checked: a wrong model is a mismatch, optimizer leaves or not
+    with pytest.raises(CheckpointMismatch, match="model expects float64 \\(4, 6\\)"):
+        checkpoint.load_state(m, _trees(hidden=6)["params"])
+    plain = checkpoint.save(tmp_path / "plain", 1, _trees())
+    with pytest.raises(CheckpointError, match="holds no TrainState"):
+        checkpoint.load_state(plain, _trees()["params"])
 
 
 def test_truncated_checkpoint_is_rejected_with_path_and_hashes(tmp_path):
@@ -182,6 +234,7 @@ def test_failed_write_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
     assert checkpoint.latest(tmp_path).name == "epoch-000001.json"
 
 
+@pytest.mark.subprocess
 def test_sigkill_during_saves_leaves_a_valid_latest_checkpoint(tmp_path):
     """A real process killed at an arbitrary moment of a save loop: the newest manifest verifies."""
     script = textwrap.dedent(

@@ -13,12 +13,17 @@ import sys
 import time
 from pathlib import Path
 
+import jax
 import numpy as np
 import pytest
 
+from jaxscratch.data import boston_book_data
 from jaxscratch.runs import checkpoint, config
 from jaxscratch.runs.cli import main
+from jaxscratch.runs.loader import load_run
 from jaxscratch.runs.progress import Progress
+from jaxscratch.runs.rundir import RunError
+from jaxscratch.train.loop import predict
 
 # Boston, a small dropout net, momentum and a decaying lr: every piece of state a resume must restore
 BASE = """\
@@ -277,6 +282,83 @@ def test_early_stopping_is_recorded_and_a_stopped_run_is_finished(tmp_path, caps
     assert "already finished" in capsys.readouterr().out
 
 
+def _no_schedule(text: str) -> str:
+    return text.replace('[schedule]\nname = "linear"\nfinal_lr = 0.002\n', "")
+
+
+def _evaluated(run: Path, capsys, *args: str) -> dict:
+    capsys.readouterr()
+    assert main(["evaluate", str(run), "--json", *args]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def _assert_same_numbers(result: dict, expected: dict) -> None:
+    keys = set(expected) - {"epoch"}
+    assert keys and keys <= set(result)
+    for k in keys:
+        assert result[k] == pytest.approx(expected[k], rel=1e-12), k
+
+
+@pytest.fixture(scope="module")
+def patient_run(tmp_path_factory) -> Path:
+    """Restore-best early stopping with patience 2: the best epoch ends up older than the
+    latest two checkpoints (lr 0.2: the eval loss rises at epochs 4 and 5 after its best at 3)."""
+    d = tmp_path_factory.mktemp("patient")
+    text = _no_schedule(BASE).replace("lr = 0.01", "lr = 0.2").replace("epochs = 4", "epochs = 12")
+    text = text.replace("early_stopping = false", 'early_stopping = "best"\npatience = 2')
+    assert main(["train", str(_config(d, text, "patient")), "--run-dir", str(d / "run")]) == 0
+    return d / "run"
+
+
+def test_the_summary_reports_the_final_checkpoint_and_the_best_one_is_kept(patient_run, capsys):
+    summary = json.loads((patient_run / "summary.json").read_text())
+    best, stop = summary["best_epoch"], summary["epochs_done"]
+    assert summary["stopped_early"] and best == stop - 2 == summary["params_epoch"], summary
+    kept = [p.name for p in checkpoint.manifests(patient_run / "checkpoints")]
+    assert kept == [f"epoch-{e:06d}.json" for e in (best, stop - 1, stop)]
+    final = _evaluated(patient_run, capsys)  # --checkpoint final is the default
+    assert final["checkpoint"] == summary["checkpoint"] and final["params_epoch"] == best
+    _assert_same_numbers(final, summary["final"])
+    on_best = _evaluated(patient_run, capsys, "--checkpoint", "best")
+    assert on_best["epoch"] == on_best["params_epoch"] == best
+    assert on_best["eval_loss"] == pytest.approx(summary["best_eval_loss"], rel=1e-12)
+    latest = _evaluated(patient_run, capsys, "--checkpoint", "latest")
+    assert latest["epoch"] == stop
+    # ... and the comparison can fail: the log's last line is not the final params
+    assert _metrics(patient_run)[-1]["eval_loss"] != pytest.approx(final["eval_loss"], rel=1e-6)
+
+
+def test_load_run_gives_the_state_to_predict_from(patient_run):
+    run = load_run(patient_run)
+    summary = run.summary
+    assert run.state.epoch == run.state.best.epoch == summary["best_epoch"]
+    assert run.state.opt_state is not None and run.state.key is not None
+    _, X_test, _, y_test = boston_book_data()
+    with jax.enable_x64(True):
+        pred = predict(run.net, run.state.params, X_test)
+        loss = float(run.loss.forward(pred, y_test)[0])
+    assert loss == pytest.approx(summary["final"]["eval_loss"], rel=1e-12)
+    bare = load_run(patient_run, "latest", optimizer_state=False)
+    assert bare.state.opt_state is None and bare.state.best.opt_state is None
+    assert bare.checkpoint.name == f"epoch-{summary['epochs_done']:06d}.json"
+    with pytest.raises(RunError, match="no such file"):
+        load_run(patient_run, "bestest")
+
+
+def test_book_rule_final_numbers_are_those_of_the_restored_params(tmp_path, capsys):
+    text = _no_schedule(BASE).replace("lr = 0.01", "lr = 0.2").replace("epochs = 4", "epochs = 8")
+    text = text.replace("early_stopping = false", 'early_stopping = "book"')
+    text = text.replace("eval_every = 1", "eval_every = 2")
+    run = tmp_path / "run"
+    assert main(["train", str(_config(tmp_path, text, "book")), "--run-dir", str(run)]) == 0
+    summary = json.loads((run / "summary.json").read_text())
+    stop = summary["epochs_done"]
+    assert summary["stopped_early"] and summary["restored_to_epoch"] == stop - 1
+    assert summary["final"]["epoch"] == stop - 1  # never evaluated during training: fit did it
+    assert stop - 1 not in [r["epoch"] for r in _metrics(run)]
+    _assert_same_numbers(_evaluated(run, capsys), summary["final"])
+
+
 def test_corrupt_or_mismatched_checkpoints_fail_with_exit_1(full_run, tmp_path, capsys):
     run = tmp_path / "copy"
     shutil.copytree(full_run, run)
@@ -331,8 +413,10 @@ def test_help_texts(capsys):
     assert "--resume RUN_DIR" in out and "--run-dir DIR" in out and "exit status" in out
     assert '  dense: neurons, activation="linear", init="normal", dropout=1.0' in out
     assert "  sgd_momentum: lr, momentum=0.9" in out
+    assert "early_stopping: 'best', 'book', 'off'" in out and "patience=1" in out
     assert main(["evaluate", "--help"]) == 0
-    assert "--data NAME|FILE" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "--data NAME|FILE" in out and "--checkpoint final|best|latest|MANIFEST" in out
 
 
 def test_gradcheck_subcommand_is_still_there(capsys):
@@ -365,15 +449,19 @@ def test_progress_bar_ticks_and_estimates_within_the_evaluation_period():
     stream = _Tty()
     p = Progress(stream, epochs=20, eval_every=5, tick=0.01)
     p.start()
-    time.sleep(0.1)
+    for _ in range(1000):  # wait (at most 10 s) for the ticker's redraws; no timing asserted
+        if stream.getvalue().count("\r\x1b[2K[") >= 3:
+            break
+        time.sleep(0.01)
     p.close()
-    assert stream.getvalue().count("\r\x1b[2K[") >= 2 and p._thread is None
+    assert stream.getvalue().count("\r\x1b[2K[") >= 3 and p._thread is None
     p.epoch, p._t_last, p._sec_per_epoch = 5, 100.0, 2.0
     assert p._estimate(100.5) == (5, False)
     assert p._estimate(104.1) == (7, True)
     assert p._estimate(150.0) == (9, True)  # never past the next evaluation (epoch 10)
 
 
+@pytest.mark.subprocess
 def test_console_entry_point_and_determinism_across_processes(full_run, tmp_path):
     """``python -m jaxscratch`` in a fresh process (its own compilation) gives the same bits."""
     run = tmp_path / "run"

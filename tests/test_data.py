@@ -27,12 +27,15 @@ from jaxscratch.data import (
     book_split,
     boston_book_data,
     boston_csv_path,
+    encode_targets,
+    feature_stats,
     load_boston,
     load_mnist,
     locate_mnist,
     mnist_cache_dir,
     mnist_search_path,
     one_hot,
+    read_csv,
     read_idx,
     standardize,
 )
@@ -107,6 +110,35 @@ def test_standardize():
         standardize([[1.0, 2.0], [1.0, 3.0]])
     with pytest.raises(ValueError, match="shape"):
         standardize(np.ones(3))
+
+
+def test_standardize_test_rows_with_the_training_statistics():
+    rng = np.random.default_rng(0)
+    train, test = rng.normal(3.0, 2.0, (40, 3)), rng.normal(3.0, 2.0, (10, 3))
+    mean, std = feature_stats(train)
+    np.testing.assert_allclose(standardize(train, (mean, std)), standardize(train), rtol=1e-15)
+    z = standardize(test, (mean, std))
+    np.testing.assert_allclose(z, (test - train.mean(0)) / train.std(0), rtol=1e-15)
+    assert abs(z.mean()) > 1e-3  # not the test rows' own statistics
+    with pytest.raises(ValueError, match=r"features of shape \(2,\).*\(3,\)"):
+        standardize(test[:, :2], (mean, std))
+
+
+def test_read_csv_and_targets(tmp_path):
+    p = tmp_path / "t.csv"
+    p.write_text("a,b,y\n1,2,0\n3,4,2\n5,6,1\n")
+    X, y = read_csv(p, "y")
+    np.testing.assert_array_equal(X, [[1, 2], [3, 4], [5, 6]])
+    Y, k = encode_targets("classification", y, where="t.csv")
+    assert k == 3 and Y.shape == (3, 3) and Y.argmax(1).tolist() == [0, 2, 1]
+    assert encode_targets("regression", y[:, 0])[0].shape == (3, 1)
+    with pytest.raises(ValueError, match="class labels must be integers"):
+        encode_targets("classification", np.array([0.5, 1.0]))
+    with pytest.raises(ValueError, match="leave no feature columns"):
+        read_csv(p, ["a", "b", "y"])
+    with pytest.raises(ValueError, match="line 3"):
+        p.write_text("a,b,y\n1,2,0\n3,x,2\n")
+        read_csv(p)
 
 
 # ------------------------------------------------------------------------------------------------

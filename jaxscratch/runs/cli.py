@@ -114,8 +114,9 @@ The config is a TOML file: seed, epochs, batch_size, eval_every, early_stopping,
 table, one [[layers]] table per layer, an [optimizer] table and an optional [schedule] table (see
 experiments/configs/ for examples, and the list of keys below). Unknown keys are errors.
 
-early_stopping: "best" (default; true): stop at the first evaluation whose eval loss is not lower
-than the best, and keep the best evaluated params; "book": the book's rule, checked every
+early_stopping: "best" (default; true): stop after `patience` (default 1) evaluations in a row
+whose eval loss is not lower than the best, and keep the best evaluated params; "book": the
+book's rule, checked every
 eval_every epochs, which keeps the params from the start of the worse epoch; "off" (false): train
 all epochs.
 

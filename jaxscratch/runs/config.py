@@ -8,6 +8,7 @@ A config file (read with the standard library's :mod:`tomllib`)::
     batch_size = 32
     eval_every = 10               # evaluate, log a metrics line and checkpoint every N epochs
     early_stopping = "best"       # "best" | "book" | "off" (true = "best", false = "off")
+    patience = 1                  # "best": evaluations without improvement before stopping
     dtype = "float64"             # or "float32"
     step_mode = "auto"            # or "scan" / "step" (see jaxscratch.train.loop.fit)
     loss = "mean_squared_error"   # a name from jaxscratch.runs.registry.CONFIG_LOSSES
@@ -35,8 +36,8 @@ A config file (read with the standard library's :mod:`tomllib`)::
     final_lr = 0.05
 
 Early stopping (``early_stopping``) picks the policy of :mod:`jaxscratch.train.stopping`:
-``"best"`` (:class:`~jaxscratch.train.stopping.EarlyStopping`: stop at the first evaluation that
-does not improve and restore the best evaluated params), ``"book"``
+``"best"`` (:class:`~jaxscratch.train.stopping.EarlyStopping`: stop after ``patience``
+evaluations in a row that do not improve and restore the best evaluated params), ``"book"``
 (:func:`~jaxscratch.train.stopping.book_rule` every ``eval_every`` epochs: the book's rule, which
 restores the params held at the start of the worse epoch) or ``"off"``.
 
@@ -136,6 +137,7 @@ TOP_LEVEL: dict[str, Field] = {
     "batch_size": Field(int_check(1), REQUIRED, "a positive integer"),
     "eval_every": Field(int_check(1), 10, "evaluate and checkpoint every N epochs"),
     "early_stopping": Field(_stopping_check, "best", "'best', 'book' or 'off'"),
+    "patience": Field(int_check(1), 1, "evaluations without improvement before a 'best' stop"),
     "dtype": Field(choice_check(["float64", "float32"]), "float64"),
     "step_mode": Field(choice_check(["auto", "scan", "step"]), "auto"),
     "loss": Field(choice_check(loss_names), REQUIRED, "a loss name"),
@@ -239,11 +241,11 @@ def build_loss(cfg: dict[str, Any]) -> Loss:
 
 
 def build_stopping(cfg: dict[str, Any]) -> EarlyStopping | Any | None:
-    """The run's stopping policy: ``EarlyStopping()`` ("best"), ``book_rule(eval_every)``
+    """The run's stopping policy: ``EarlyStopping(patience)`` ("best"), ``book_rule(eval_every)``
     ("book") or ``None`` ("off")."""
     policy = cfg["early_stopping"]
     if policy == "best":
-        return EarlyStopping()
+        return EarlyStopping(patience=cfg["patience"])
     if policy == "book":
         return book_rule(every=cfg["eval_every"])
     return None
@@ -284,7 +286,7 @@ def reference() -> str:
     optional keys without a default in brackets."""
     lines = ["top level: " + describe_fields(TOP_LEVEL, "", toml_value)]
     lines.append("  early_stopping: " + ", ".join(map(repr, STOPPING_POLICIES)))
-    lines.append("    best: stop at the first evaluation without improvement; restore the best")
+    lines.append("    best: stop after `patience` evaluations without improvement; restore the best")
     lines.append("    book: the book's rule every eval_every epochs; off: never stop early")
     lines.append("  loss: " + ", ".join(loss_names()))
     lines.append("[data] name = ...")
