@@ -286,7 +286,9 @@ def reference() -> str:
     optional keys without a default in brackets."""
     lines = ["top level: " + describe_fields(TOP_LEVEL, "", toml_value)]
     lines.append("  early_stopping: " + ", ".join(map(repr, STOPPING_POLICIES)))
-    lines.append("    best: stop after `patience` evaluations without improvement; restore the best")
+    lines.append(
+        "    best: stop after `patience` evaluations without improvement; restore the best"
+    )
     lines.append("    book: the book's rule every eval_every epochs; off: never stop early")
     lines.append("  loss: " + ", ".join(loss_names()))
     lines.append("[data] name = ...")
