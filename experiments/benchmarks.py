@@ -17,7 +17,7 @@ Workloads (the shapes of the book's experiments; synthetic data of the same shap
 
 Implementations, each timed on the whole workload (``fit`` from Python to finished params):
 
-* ``jaxscratch``: :func:`jaxscratch.train.loop.fit` with the hand-derived backward passes, in the
+* ``jaxscratch``: :func:`jaxscratch.train.fit` with the hand-derived backward passes, in the
   trainer's default step mode; ``scan`` and ``per_step`` force ``step_mode="scan"`` / ``"step"``.
 * ``jax_grad`` (``_scan``, ``_per_step``): the same ``fit`` on a twin of the network whose
   ``backward`` is ``jax.vjp`` of its forward (and of the loss): the jax.grad gradients of the same
@@ -84,12 +84,12 @@ if str(HERE) not in sys.path:
 import numpy_reference as ref  # noqa: E402
 
 from jaxscratch import core  # noqa: E402
+from jaxscratch import train as trainer  # noqa: E402
 from jaxscratch.book import charlm  # noqa: E402
 from jaxscratch.core import Loss, Op  # noqa: E402
 from jaxscratch.ops import conv, losses, rnn  # noqa: E402
 from jaxscratch.ops import dense as layers  # noqa: E402
 from jaxscratch.optim import clipping, optimizers  # noqa: E402
-from jaxscratch.train import loop as trainer  # noqa: E402
 
 WORKLOADS = ("boston", "mlp", "cnn", "lstm")
 
@@ -265,7 +265,7 @@ def boston(quick: bool) -> Workload:
         lr=0.01,
         eval_data=(Xte, yte),
         eval_every=10,
-        early_stopping=False,
+        stopping=None,
     )
     values = _dense_values(params)
 

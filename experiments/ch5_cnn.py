@@ -8,10 +8,11 @@ strong: (our design) Conv(16, 5x5, relu, bias) -> max-pool 2x2 -> Conv(32, 3x3, 
         single epoch.
 
 Every step runs the hand-derived backward passes of :mod:`jaxscratch.ops.conv` (``jax.grad`` is not
-used). The test accuracy is taken after every 100 batches: training runs as jitted chunks of 100
-steps (``--step-mode scan``: one ``lax.scan`` over 100 batches per call; ``step``: one jitted step
-per batch, no host round trip inside a chunk), then the whole test set is evaluated (dropout off,
-the book's inference scaling by keep 0.8). Our RNG is JAX's (seed 20190402, the book notebook's),
+used). Training runs through :func:`jaxscratch.train.fit` with ``steps_per_epoch=100``: each of
+fit's "epochs" is 100 consecutive batches of the one shuffled pass (``--step-mode scan``: one
+``lax.scan`` over them per call; ``step``: one jitted step per batch; ``auto``: fit's rule), after
+which the whole test set is evaluated (dropout off, the book's inference scaling by keep 0.8).
+``--batches`` is rounded down to a multiple of 100. Our RNG is JAX's (seed 20190402, the book's),
 so the draws differ from the book's numpy ones; our Glorot std is sqrt(2 / (fan_in + fan_out))
 with conv fans C*k*k, where the 2019 book code used 2 / (C_in + C_out) for conv kernels.
 
@@ -46,9 +47,9 @@ from jaxscratch.ops import conv
 from jaxscratch.ops.conv import conv_layer, flatten, max_pool2d
 from jaxscratch.ops.dense import dense
 from jaxscratch.ops.losses import softmax_cross_entropy
-from jaxscratch.optim.optimizers import Optimizer, sgd_momentum
+from jaxscratch.optim.optimizers import sgd_momentum
 from jaxscratch.runs.checkpoint import write_json_atomic as _write_json_atomic
-from jaxscratch.train.loop import make_step, predict
+from jaxscratch.train import fit, make_step, predict
 
 BOOK_SEED = 20190402
 BOOK_MNIST_ACCURACY = 90.31
@@ -105,64 +106,8 @@ MODELS = {
 
 
 # ------------------------------------------------------------------------------------------------
-# Training: jitted chunks of 100 steps, evaluation in between
+# Training: fit, one "epoch" = 100 batches of the one pass, evaluation in between
 # ------------------------------------------------------------------------------------------------
-
-
-class Runner:
-    """Compiled training chunks for one (net, optimizer, data) configuration.
-
-    ``scan``: ``chunk(params, state, X, Y, idx (b, 60), keys (b,), lr)`` runs ``b`` steps in one
-    ``lax.scan``; ``step``: one jitted step per batch, dispatched back to back. Both return the
-    per-batch losses on the device (no host round trip until the chunk ends).
-    """
-
-    def __init__(self, net: Op, optimizer: Optimizer, mode: str):
-        if mode not in ("scan", "step"):
-            raise ValueError(f"Runner: mode must be 'scan' or 'step', got {mode!r}")
-        self.mode = mode
-        step = make_step(net, softmax_cross_entropy, optimizer)
-
-        def one(params, state, X, Y, ids, key, lr):
-            return step(params, state, X[ids], Y[ids], lr, key)
-
-        def chunk(params, state, X, Y, idx, keys, lr):
-            def body(carry, inp):
-                p, s = carry
-                ids, k = inp
-                p, s, value = one(p, s, X, Y, ids, k, lr)
-                return (p, s), value
-
-            (params, state), losses = jax.lax.scan(body, (params, state), (idx, keys))
-            return params, state, losses
-
-        self._one = jax.jit(one)
-        self._chunk = jax.jit(chunk)
-        self._compiled: dict[Any, Any] = {}
-
-    def compile(self, params, state, X, Y, idx, keys, lr) -> float:
-        """Ahead-of-time compile for these shapes; returns the seconds it took."""
-        t0 = time.perf_counter()
-        if self.mode == "scan":
-            self._compiled["scan", idx.shape] = self._chunk.lower(
-                params, state, X, Y, idx, keys, lr
-            ).compile()
-        else:
-            self._compiled["step"] = self._one.lower(
-                params, state, X, Y, idx[0], keys[0], lr
-            ).compile()
-        return time.perf_counter() - t0
-
-    def __call__(self, params, state, X, Y, idx, keys, lr):
-        if self.mode == "scan":
-            fn = self._compiled.get(("scan", idx.shape)) or self._chunk
-            return fn(params, state, X, Y, idx, keys, lr)
-        fn = self._compiled.get("step") or self._one
-        losses = []
-        for b in range(idx.shape[0]):
-            params, state, value = fn(params, state, X, Y, idx[b], keys[b], lr)
-            losses.append(value)
-        return params, state, jnp.stack(losses)
 
 
 def accuracy(net: Op, params, X, labels: np.ndarray) -> tuple[float, np.ndarray]:
@@ -170,6 +115,10 @@ def accuracy(net: Op, params, X, labels: np.ndarray) -> tuple[float, np.ndarray]
     logits = predict(net, params, X, batch_size=1000)
     pred = np.asarray(jnp.argmax(logits, axis=1))
     return float(100.0 * np.mean(pred == labels)), pred
+
+
+def _percent_correct(pred: jax.Array, labels: jax.Array) -> jax.Array:
+    return 100.0 * jnp.mean(jnp.argmax(pred, axis=1) == labels)
 
 
 def train(
@@ -182,63 +131,58 @@ def train(
     n_batches: int,
     mode: str,
 ) -> dict[str, Any]:
-    """One epoch (or ``n_batches``) of batch-60 SGD with momentum 0.9; test accuracy every 100."""
-    init_key, data_key, drop_key = jax.random.split(key, 3)
-    _, params = init_params(net, init_key, data["X_train"].shape[1:])
-    optimizer = sgd_momentum(0.9)
-    state = optimizer.init(params)
-    n = data["X_train"].shape[0]
-    perm = jax.random.permutation(jax.random.fold_in(data_key, 0), n)  # epoch 0's shuffle
-    idx_all = perm[: n_batches * BATCH].reshape(n_batches, BATCH)
-    keys_all = jax.vmap(lambda b: jax.random.fold_in(drop_key, b))(jnp.arange(n_batches))
-    lr_dev = jnp.asarray(lr, jnp.float32)
-    X, Y = data["X_train"], data["y_train"]
-    runner = Runner(net, optimizer, mode)
-    compile_s = runner.compile(
-        params, state, X, Y, idx_all[:EVAL_EVERY], keys_all[:EVAL_EVERY], lr_dev
-    )
+    """One epoch (or ``n_batches``) of batch-60 SGD with momentum 0.9; test accuracy every 100.
 
+    Trains through :func:`jaxscratch.train.fit` with ``steps_per_epoch=100``: fit's "epochs" are
+    the consecutive 100-batch stretches of one shuffled pass, and the evaluation after each is
+    the test accuracy (the whole test set, dropout off).
+    """
+    init_key, fit_key = jax.random.split(key)
+    _, params = init_params(net, init_key, data["X_train"].shape[1:])
+    steps = min(EVAL_EVERY, n_batches)
+    periods = n_batches // steps
     evals: list[dict[str, float]] = []
-    train_s = 0.0
-    done = 0
-    print(f"[{name}] {net.name}: {n_batches} batches of {BATCH}, mode {mode}, lr {lr}")
-    while done < n_batches:
-        b = min(EVAL_EVERY, n_batches - done)
-        t0 = time.perf_counter()
-        params, state, losses = runner(
-            params, state, X, Y, idx_all[done : done + b], keys_all[done : done + b], lr_dev
-        )
-        losses = np.asarray(losses)  # waits for the chunk
-        train_s += time.perf_counter() - t0
-        done += b
-        if not np.all(np.isfinite(losses)):
-            raise FloatingPointError(f"{name}: non-finite training loss before batch {done}")
-        acc, _ = accuracy(net, params, data["X_test"], data["labels_test"])
-        evals.append({"batches": done, "train_loss": float(losses.mean()), "test_accuracy": acc})
+    times = [time.perf_counter()]
+    print(f"[{name}] {net.name}: {periods * steps} batches of {BATCH}, mode {mode}, lr {lr}")
+
+    def on_eval(info: dict[str, Any]) -> None:
+        times.append(time.perf_counter())
+        done, loss, acc = info["epoch"] * steps, info["train_loss"], info["accuracy"]
+        evals.append({"batches": done, "train_loss": loss, "test_accuracy": acc})
         print(
-            f"[{name}] batch {done:5d}: mean train loss {losses.mean():.4f}  "
-            f"test accuracy {acc:6.2f}%",
+            f"[{name}] batch {done:5d}: mean train loss {loss:.4f}  test accuracy {acc:6.2f}%",
             flush=True,
         )
-    final, pred = accuracy(net, params, data["X_test"], data["labels_test"])
-    per_batch_ms = 1000.0 * train_s / n_batches
+
+    res = fit(
+        net, softmax_cross_entropy, sgd_momentum(0.9), params, data["X_train"], data["y_train"],
+        epochs=periods, batch_size=BATCH, steps_per_epoch=steps, key=fit_key, lr=lr,
+        eval_data=(data["X_test"], data["labels_test"]), eval_every=1, stopping=None,
+        metrics={"accuracy": _percent_correct}, step_mode=mode, callback=on_eval,
+    )  # fmt: skip
+    final, pred = accuracy(net, res.params, data["X_test"], data["labels_test"])
+    durations = np.diff(times)
+    steady = float(np.median(durations[1:])) if len(durations) > 1 else float(durations[0])
+    compile_s = max(float(durations[0]) - steady, 0.0)
+    train_s = float(durations.sum()) - compile_s
+    per_batch_ms = 1000.0 * train_s / (periods * steps)
     print(
-        f"[{name}] compile {compile_s:.2f} s; training {train_s:.2f} s "
-        f"({per_batch_ms:.2f} ms per batch, evaluation excluded)"
+        f"[{name}] compile ~{compile_s:.2f} s; training {train_s:.2f} s "
+        f"({per_batch_ms:.2f} ms per batch, test evaluations included)"
     )
     return {
         "net": net.name,
         "lr": lr,
         "momentum": 0.9,
         "batch_size": BATCH,
-        "batches": n_batches,
+        "batches": periods * steps,
         "step_mode": mode,
         "evals": evals,
         "final_test_accuracy": final,
         "compile_s": compile_s,
         "train_s": train_s,
         "ms_per_batch": per_batch_ms,
-        "_params": params,
+        "_params": res.params,
         "_pred": pred,
     }
 
@@ -437,7 +381,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batches", type=int, default=None, help="train on only N batches (quick)")
     ap.add_argument("--models", default="book,strong")
     ap.add_argument("--method", choices=conv.METHODS, default=conv.DEFAULT_METHOD)
-    ap.add_argument("--step-mode", choices=("scan", "step"), default="scan")
+    ap.add_argument("--step-mode", choices=("scan", "step", "auto"), default="scan")
     ap.add_argument("--lr-book", type=float, default=0.1)
     ap.add_argument("--lr-strong", type=float, default=0.05)
     ap.add_argument("--seed", type=int, default=BOOK_SEED)
@@ -493,6 +437,7 @@ def main(argv: list[str] | None = None) -> int:
         )
 
     print()
+    n_batches = next(iter(runs.values()))["batches"] if runs else n_batches
     print(f"Chapter 5 CNNs on {args.dataset}, {n_batches} batches of {BATCH} (1 epoch = 1000)")
     print(f"{'model':<8} {'book':>8} {'jaxscratch':>11}  {'ms/batch':>9}  description")
     for name, r in runs.items():

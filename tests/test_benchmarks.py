@@ -18,11 +18,11 @@ import numpy as np
 import pytest
 
 from jaxscratch import core
+from jaxscratch import train as trainer
 from jaxscratch.book import charlm
 from jaxscratch.ops import conv, losses, rnn
 from jaxscratch.ops import dense as layers
 from jaxscratch.optim import optimizers
-from jaxscratch.train import loop as trainer
 
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
 sys.path.insert(0, str(EXPERIMENTS))
@@ -35,6 +35,7 @@ def _rng(seed: int = 0) -> np.random.Generator:
     return np.random.default_rng(seed)
 
 
+@pytest.mark.subprocess
 def test_quick_benchmark_smoke(tmp_path: Path) -> None:
     """``benchmarks.py --quick`` runs every implementation and writes the promised keys."""
     cmd = [sys.executable, str(EXPERIMENTS / "benchmarks.py"), "--quick", "--out", str(tmp_path)]
