@@ -4,7 +4,7 @@ Every model trains on the same text with the same budget: the same iterations, b
 length, optimizer (AdaGrad by default, the book's choice, or SGD), learning rate, gradient clipping
 (element-wise to [-2, 2] as in the book, or by global norm) and the same random windows (one data
 key for all models). Gradients are the hand-derived BPTT of :mod:`jaxscratch.ops.rnn`; each
-``--sample-every`` iterations run as one compiled ``lax.scan``.
+``--sample-every`` iterations run as one compiled period of :func:`jaxscratch.train.fit`.
 
 The book prints no numbers for this chapter: it trains on ~100 KB of Shakespeare-like text (62
 symbols) and shows that the loss curves fall steadily, the stacked LSTM lowest. Without a download

@@ -1,6 +1,6 @@
 """Data-parallel training on JAX's sharding: a one-axis device mesh and the shardings ``fit`` uses.
 
-:func:`jaxscratch.train.loop.fit` takes ``mesh=`` (a :class:`jax.sharding.Mesh` with a ``"data"`` axis,
+:func:`jaxscratch.train.fit` takes ``mesh=`` (a :class:`jax.sharding.Mesh` with a ``"data"`` axis,
 or a device count). Each gathered batch is constrained to ``NamedSharding(mesh, P("data"))`` (rows
 split across the devices of the ``data`` axis) and parameters, optimizer state and the training set
 are replicated (``P()``). The hand-derived backward pass is written for one batch, exactly as on one
