@@ -404,6 +404,22 @@ def test_usage_and_config_errors_exit_2(full_run, tmp_path, capsys):
     assert main(["evaluate", str(full_run), "--data", "iris"]) == 2
 
 
+def test_user_errors_are_one_message_and_an_exit_status(full_run, tmp_path, capsys):
+    run = tmp_path / "copy"
+    shutil.copytree(full_run, run)
+    assert main(["evaluate", str(run), "--checkpoint", str(tmp_path / "nope.json")]) == 2
+    assert capsys.readouterr().err.startswith("jaxscratch evaluate: checkpoint ")
+    (run / "summary.json").write_text("{not json")
+    assert main(["evaluate", str(run)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "summary.json is corrupt" in err
+    (run / "summary.json").unlink()  # an unfinished run: final is the latest checkpoint
+    (run / "checkpoints" / "epoch-000004.json").write_text("{")
+    assert main(["evaluate", str(run), "--checkpoint", "best"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "epoch-000004.json is corrupt or truncated" in err
+
+
 def test_help_texts(capsys):
     assert main(["--help"]) == 0
     out = capsys.readouterr().out

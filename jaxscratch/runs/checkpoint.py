@@ -77,10 +77,8 @@ def leaf_names(name: str, tree: Any) -> list[tuple[str, Any]]:
     return [(name + jax.tree_util.keystr(path), leaf) for path, leaf in flat]
 
 
-_sha256_bytes = fileio.sha256_bytes
-_file_sha256 = fileio.file_sha256
-_fsync_dir = fileio.fsync_dir
-atomic_write = fileio.atomic_write
+_file_sha256 = fileio.file_sha256  # a module attribute, so a test can make it fail
+#: Kept for the experiments that still import it from here; use jaxscratch.fileio.
 write_json_atomic = fileio.write_json_atomic
 
 
@@ -127,7 +125,7 @@ def save(
             )
     stem = _epoch_name(epoch)
     npz = d / f"{stem}.npz"
-    atomic_write(npz, lambda f: np.savez(f, **arrays))
+    fileio.atomic_write(npz, lambda f: np.savez(f, **arrays))
     digest, size = _file_sha256(npz)
     manifest = {
         "format": FORMAT,
@@ -140,7 +138,7 @@ def save(
     }
     mpath = d / f"{stem}.json"
     text = _manifest_text(manifest)
-    atomic_write(mpath, lambda f: f.write(text), mode="w")
+    fileio.atomic_write(mpath, lambda f: f.write(text), mode="w")
     if keep is not None:
         for old in manifests(d)[:-keep]:
             if manifest_epoch(old) not in protect:

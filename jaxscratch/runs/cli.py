@@ -30,29 +30,19 @@ def _error(command: str, message: str) -> None:
 
 
 def _gradcheck(args: argparse.Namespace) -> int:
-    import jax
+    """The oracle table, a row printed as each op finishes (float64 inside the oracle)."""
+    from jaxscratch.oracle.check import HEADER, format_report, format_summary, iter_registry
 
-    jax.config.update("jax_enable_x64", True)
-    from jaxscratch.oracle import check
-
-    if not hasattr(check, "iter_registry"):  # the oracle without a streaming API
-        reports = check.check_registry(args.ops or None, seed=args.seed)
-        if reports:
-            print(check.format_reports(reports))
-    else:
-        reports = []
-        for report in check.iter_registry(args.ops or None, seed=args.seed):
-            if not reports:
-                print(check.HEADER, flush=True)
-            reports.append(report)
-            print(check.format_report(report), flush=True)
-        if reports:
-            n_fail = sum(not r.passed for r in reports)
-            verdict = "all pass" if n_fail == 0 else f"{n_fail} FAIL"
-            print(f"oracle: {len(reports) - n_fail}/{len(reports)} ops and losses pass ({verdict})")
-    if args.ops and not reports:
-        _error("gradcheck", f"no registered op named {args.ops}")
+    reports = []
+    for report in iter_registry(args.ops or None, seed=args.seed):
+        if not reports:
+            print(HEADER, flush=True)
+        reports.append(report)
+        print(format_report(report), flush=True)
+    if not reports:
+        _error("gradcheck", f"no registered op or loss named {' '.join(args.ops)}")
         return EXIT_USAGE
+    print(format_summary(reports))
     return EXIT_OK if all(r.passed for r in reports) else EXIT_FAILED
 
 
@@ -259,6 +249,28 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("jaxscratch: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except Exception as e:
+        code = _user_error_code(e)
+        if code is None:
+            raise  # a bug: the traceback is what a report needs
+        _error(args.command, str(e))
+        return code
+
+
+def _user_error_code(e: Exception) -> int | None:
+    """The exit status of an error the user can fix (bad files, a corrupt checkpoint, a full
+    disk), or None for anything else."""
+    from jaxscratch.runs.checkpoint import CheckpointError
+    from jaxscratch.runs.rundir import RunError
+    from jaxscratch.runs.schema import ConfigError
+
+    if isinstance(e, RunError):
+        return e.exit_code
+    if isinstance(e, ConfigError):
+        return EXIT_USAGE
+    if isinstance(e, CheckpointError | OSError):
+        return EXIT_FAILED
+    return None
 
 
 if __name__ == "__main__":

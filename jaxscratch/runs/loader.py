@@ -75,7 +75,10 @@ def templates(model: Model, seed: int, in_shape: tuple[int, ...], optimizer: boo
 
 
 def _best_manifest(ckpt_dir: Path, final: Path) -> Path:
-    best = ckpt.read_manifest(final)["meta"].get("best")
+    try:
+        best = ckpt.read_manifest(final)["meta"].get("best")
+    except ckpt.CheckpointError as e:
+        raise RunError(str(e)) from None
     if best is None:
         raise RunError(f"{final}: the run has no evaluated checkpoint yet (no best epoch)", 2)
     path = ckpt_dir / f"epoch-{best['epoch']:06d}.json"

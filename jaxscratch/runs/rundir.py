@@ -68,7 +68,12 @@ def write_json(path: Path, obj: Any) -> None:
 
 def read_json(path: Path) -> dict[str, Any]:
     """A JSON file of the run directory, or ``{}`` when it does not exist."""
-    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+    if not path.exists():
+        return {}
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise RunError(f"{path} is corrupt (not valid JSON: {e})") from None
 
 
 def default_run_dir(name: str, root: str | Path = "runs") -> Path:
