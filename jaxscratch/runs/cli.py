@@ -135,6 +135,7 @@ class _Parser(argparse.ArgumentParser):
     extra_help: Callable[[], str] | None = None
 
     def format_help(self) -> str:
+        """argparse's help, then the extra text."""
         text = super().format_help()
         return text + "\n" + self.extra_help() + "\n" if self.extra_help else text
 

@@ -237,6 +237,7 @@ def _build_net(key: str) -> Op:
 
 
 def build_loss(cfg: dict[str, Any]) -> Loss:
+    """The loss the config names (:data:`~jaxscratch.runs.registry.CONFIG_LOSSES`)."""
     return CONFIG_LOSSES[cfg["loss"]]
 
 

@@ -60,7 +60,9 @@ def _named_config(cfg: dict[str, Any], data: str) -> dict[str, Any]:
         raise RunError(f"evaluate: {e}", 2) from None
 
 
-def eval_arrays(cfg: dict[str, Any], data: str | None, split: str, stats: dict[str, Any]):
+def eval_arrays(
+    cfg: dict[str, Any], data: str | None, split: str, stats: dict[str, Any]
+) -> tuple[Any, Any, str]:
     """``(X, y, description)``: the run's own data set (its ``split``), a named one, or a file."""
     if split not in ("test", "train"):
         raise RunError(f"evaluate: --split must be 'test' or 'train', got {split!r}", 2)

@@ -61,7 +61,9 @@ def x64(cfg: dict[str, Any]) -> Any:
     return jax.enable_x64(cfg["dtype"] == "float64")
 
 
-def templates(model: Model, seed: int, in_shape: tuple[int, ...], optimizer: bool = True):
+def templates(
+    model: Model, seed: int, in_shape: tuple[int, ...], optimizer: bool = True
+) -> tuple[Any, Any, jax.Array]:
     """``(params, opt_state or None, fit_key)``: shapes and dtypes only (``jax.eval_shape``;
     nothing computed) of the model's initial params and optimizer state, and the run's key."""
     init_key, fit_key = jax.random.split(jax.random.key(seed))

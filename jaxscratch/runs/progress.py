@@ -92,6 +92,7 @@ class Progress:
                 self._redraw()
 
     def start(self) -> None:
+        """Draw the bar and start its ticker (on a terminal only)."""
         if not self.tty:
             return
         with self._lock:
@@ -101,6 +102,7 @@ class Progress:
             self._thread.start()
 
     def update(self, record: dict[str, Any]) -> None:
+        """Print the line of one metrics record (and redraw the bar under it)."""
         now = time.perf_counter()
         with self._lock:
             done = record["epoch"] - self.epoch
@@ -116,6 +118,7 @@ class Progress:
                 self.stream.flush()
 
     def close(self) -> None:
+        """Stop the ticker and end the bar's line."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join()

@@ -53,6 +53,7 @@ SCHEDULES: dict[str, dict[str, Field]] = {
 
 
 def loss_names() -> list[str]:
+    """The loss names a config may use."""
     return list(CONFIG_LOSSES)
 
 

@@ -117,6 +117,7 @@ class MetricsLog:
         fileio.atomic_write(self.path, lambda f: None, mode="w")
 
     def append(self, record: dict[str, Any]) -> None:
+        """Append one record as a line, flushed and fsync'd (a crash loses at most this line)."""
         line = json.dumps(jsonable(record)) + "\n"
         with open(self.path, "a", encoding="utf-8") as f:
             f.write(line)

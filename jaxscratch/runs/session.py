@@ -82,6 +82,7 @@ class _Session:
         self.resumed_from: int | None = None
 
     def wall(self) -> float:
+        """Seconds of the run so far, across resumes."""
         return round(self.elapsed0 + time.perf_counter() - self.t0, 3)
 
     def save(self, epoch: int, state: TrainState, evaluation: dict, **meta: Any) -> None:
@@ -92,6 +93,7 @@ class _Session:
         self.meta = ckpt.read_manifest(self.manifest)["meta"]
 
     def fresh(self) -> TrainState:
+        """A new run: the initial state from the seed, the run directory, checkpoint 0."""
         init_key, fit_key = jax.random.split(jax.random.key(self.cfg["seed"]))
         params = init_params(self.model.net, init_key, self.in_shape)[1]
         state = init_state(self.model.optimizer, params, fit_key)
@@ -108,6 +110,7 @@ class _Session:
         return state
 
     def resumed(self) -> TrainState:
+        """The state of the newest checkpoint; the metrics log cut back to its epoch."""
         manifest = ckpt.latest(self.ckpt_dir)
         if manifest is None:
             raise RunError(f"--resume {self.run_dir}: no checkpoint in {self.ckpt_dir}")
@@ -144,6 +147,7 @@ class _Session:
             raise _StopRequested
 
     def save_final(self, result: Any) -> None:
+        """Checkpoint the state fit returned, with fit's evaluation of exactly its params."""
         h, state = result.history, result.state
         reached = h.stopped_epoch if h.stopped_early else self.cfg["epochs"]
         self.save(
