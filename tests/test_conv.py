@@ -267,84 +267,6 @@ def test_batch_mixed_bug_on_the_book_1d_batch():
 
 
 # ------------------------------------------------------------------------------------------------
-# max_pool2d and flatten
-# ------------------------------------------------------------------------------------------------
-
-
-def _pool_reference(x: np.ndarray, p: int) -> np.ndarray:
-    n, c, h, w = x.shape
-    ho, wo = h // p, w // p
-    return x[:, :, : ho * p, : wo * p].reshape(n, c, ho, p, wo, p).max(axis=(3, 5))
-
-
-def test_max_pool_forward_and_oracle():
-    x = _normal(np.random.default_rng(2), (2, 3, 7, 6))  # no ties (continuous)
-    y, _ = max_pool2d.forward((), x)
-    np.testing.assert_array_equal(y, _pool_reference(np.asarray(x), 2))
-    assert init_params(max_pool2d, jax.random.key(0), (3, 7, 6))[0] == (3, 3, 3)
-    report = check_op(max_pool2d, (), x)
-    assert report.passed, report.detail
-    pool3 = make_max_pool2d(3)
-    y3, cache3 = pool3.forward((), x)
-    np.testing.assert_array_equal(y3, _pool_reference(np.asarray(x), 3))
-    _, dx3 = pool3.backward(cache3, jnp.ones_like(y3))
-    assert float(jnp.sum(dx3)) == y3.size and not np.any(dx3[:, :, 6, :])
-
-
-def test_max_pool_ties_send_the_gradient_to_the_first_max_only():
-    # one image, four 2x2 windows (row-major order inside each: (0,0) (0,1) (1,0) (1,1))
-    x = jnp.array(
-        [
-            [1.0, 1.0, 0.0, 2.0],
-            [0.0, 1.0, 2.0, 2.0],
-            [5.0, 5.0, -1.0, -3.0],
-            [5.0, 5.0, -2.0, -1.0],
-        ]
-    ).reshape(1, 1, 4, 4)
-    y, cache = max_pool2d.forward((), x)
-    np.testing.assert_array_equal(y.ravel(), [1.0, 2.0, 5.0, -1.0])
-    dy = jnp.array([10.0, 20.0, 30.0, 40.0]).reshape(1, 1, 2, 2)
-    _, dx = max_pool2d.backward(cache, dy)
-    expected = np.array(
-        [
-            [10.0, 0.0, 0.0, 20.0],  # window 1: (0,0) beats the later 1s; window 2: (0,1) first
-            [0.0, 0.0, 0.0, 0.0],
-            [30.0, 0.0, 40.0, 0.0],  # window 3: all equal -> (0,0); window 4: (0,0) ties (1,1)
-            [0.0, 0.0, 0.0, 0.0],
-        ]
-    )
-    np.testing.assert_array_equal(dx.reshape(4, 4), expected)
-    # the forward pass selects that element, so jax.vjp agrees even on ties
-    _, vjp = jax.vjp(lambda v: max_pool2d.forward((), v)[0], x)
-    np.testing.assert_array_equal(vjp(dy)[0], dx)
-
-
-def test_max_pool_odd_sizes_floor_and_zero_gradient():
-    x = _normal(np.random.default_rng(2), (2, 3, 5, 7))
-    y, cache = max_pool2d.forward((), x)
-    assert y.shape == (2, 3, 2, 3)
-    _, dx = max_pool2d.backward(cache, jnp.ones_like(y))
-    assert dx.shape == x.shape
-    assert not np.any(dx[:, :, 4, :]) and not np.any(dx[:, :, :, 6])
-    assert float(jnp.sum(dx)) == y.size  # one selected entry per window
-    with pytest.raises(ValueError, match="max_pool2d"):
-        max_pool2d.forward((), jnp.ones((1, 1, 1, 4)))
-    with pytest.raises(ValueError, match="max_pool2d"):
-        max_pool2d.forward((), jnp.ones((4, 4)))
-
-
-def test_flatten():
-    x = _normal(np.random.default_rng(0), (3, 2, 5, 4))
-    y, cache = flatten.forward((), x)
-    np.testing.assert_array_equal(y, np.asarray(x).reshape(3, 40))
-    _, dx = flatten.backward(cache, y)
-    np.testing.assert_array_equal(dx, x)
-    assert init_params(flatten, jax.random.key(0), (2, 5, 4))[0] == (40,)
-    with pytest.raises(ValueError, match="flatten"):
-        flatten.backward(cache, y[:, :39])
-
-
-# ------------------------------------------------------------------------------------------------
 # The book's Conv2D layer composed with dense layers
 # ------------------------------------------------------------------------------------------------
 
@@ -494,7 +416,6 @@ def test_numpy_scalar_arguments_are_numbers_everywhere():
     assert dense(4, dropout=np.float32(0.8)).name == dense(4, dropout=0.8).name
     assert conv_layer(4, 3, dropout=np.float64(1.0)).name == conv_layer(4, 3).name
     assert conv2d(np.int64(4), np.int32(3), stride=np.int8(2)).name == conv2d(4, 3, stride=2).name
-    assert make_max_pool2d(np.int64(3)).name == "max_pool2d[3]"
 
 
 def test_float32_matches_float64():

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import functools
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,6 +29,7 @@ import numpy as np
 
 from jaxscratch.core import Loss, Op, apply
 from jaxscratch.ops import loss_registry, registry
+from jaxscratch.validate import check_int
 
 ORACLE_KEY_SEED = 0
 
@@ -278,38 +279,74 @@ def check_loss(
     )
 
 
-def check_registry(names: list[str] | None = None, seed: int = 0) -> list[Report]:
-    """Check every registered op and loss (or those in ``names``) on its oracle example."""
-    reports = []
+def _registry_entries(names: Sequence[str] | None) -> Iterator[tuple[str, str, Any]]:
+    """``(kind, label, entry)`` for every registered op, then every loss, selected by ``names``
+    (a loss matches its name or ``loss:<name>``), each group in name order."""
+    for name, entry in sorted(registry().items()):
+        if not names or name in names:
+            yield "op", name, entry
+    for name, lentry in sorted(loss_registry().items()):
+        label = f"loss:{name}"
+        if not names or name in names or label in names:
+            yield "loss", label, lentry
+
+
+def _check_entry(kind: str, label: str, entry: Any, key: jax.Array) -> Report:
+    """The oracle on one registry entry's example, drawn from ``fold_in(key, crc32(label))``."""
+    if entry.example is None:
+        return Report(label, False, np.inf, np.inf, np.inf, "no oracle example")
     with jax.enable_x64(True):
-        key = jax.random.key(seed)
-        for name, entry in sorted(registry().items()):
-            if names and name not in names:
-                continue
-            if entry.example is None:
-                reports.append(Report(name, False, np.inf, np.inf, np.inf, "no oracle example"))
-                continue
-            params, x = entry.example(jax.random.fold_in(key, zlib.crc32(name.encode())))
-            reports.append(check_op(entry.op, params, x, name=name))
-        for name, lentry in sorted(loss_registry().items()):
-            label = f"loss:{name}"
-            if names and name not in names and label not in names:
-                continue
-            if lentry.example is None:
-                reports.append(Report(label, False, np.inf, np.inf, np.inf, "no oracle example"))
-                continue
-            pred, target = lentry.example(jax.random.fold_in(key, zlib.crc32(label.encode())))
-            reports.append(check_loss(lentry.loss, pred, target))
-    return reports
+        a, b = entry.example(jax.random.fold_in(key, zlib.crc32(label.encode())))
+        if kind == "op":
+            return check_op(entry.op, a, b, name=label)
+        return check_loss(entry.loss, a, b)
 
 
-def format_reports(reports: list[Report]) -> str:
-    """The oracle table: one row per op, then a summary line."""
+def iter_registry(names: Sequence[str] | None = None, seed: int = 0) -> Iterator[Report]:
+    """Check every registered op and loss (or those in ``names``), yielding each
+    :class:`Report` as soon as it is done (ops in name order, then losses as ``loss:<name>``).
+
+    Each example is drawn from ``fold_in(jax.random.key(seed), crc32(name))``, so a row does not
+    depend on which other rows are checked. float64 is enabled only while a row is computed.
+    """
+    key = jax.random.key(check_int("iter_registry", "seed", seed))
+    for kind, label, entry in _registry_entries(names):
+        yield _check_entry(kind, label, entry, key)
+
+
+def check_registry(names: Sequence[str] | None = None, seed: int = 0) -> list[Report]:
+    """Every report of :func:`iter_registry`, as a list."""
+    return list(iter_registry(names, seed))
+
+
+def format_report(report: Report) -> str:
+    """One row of the oracle table (columns as :data:`HEADER`): name, max abs and max rel vjp
+    error, finite-difference rel error, PASS/FAIL and, for a failure, the reason."""
+    return report.row()
+
+
+def format_summary(reports: Sequence[Report]) -> str:
+    """The oracle table's last line: ``oracle: P/N ops and losses pass (all pass | K FAIL)``."""
     n_fail = sum(not r.passed for r in reports)
-    lines = [HEADER] + [r.row() for r in reports]
     verdict = "all pass" if n_fail == 0 else f"{n_fail} FAIL"
-    lines.append(f"oracle: {len(reports) - n_fail}/{len(reports)} ops and losses pass ({verdict})")
-    return "\n".join(lines)
+    return f"oracle: {len(reports) - n_fail}/{len(reports)} ops and losses pass ({verdict})"
 
 
-__all__ = ["Report", "apply", "check_loss", "check_op", "check_registry", "format_reports"]
+def format_reports(reports: Sequence[Report]) -> str:
+    """The oracle table: :data:`HEADER`, one :func:`format_report` row per report, then
+    :func:`format_summary`."""
+    return "\n".join([HEADER, *(format_report(r) for r in reports), format_summary(reports)])
+
+
+__all__ = [
+    "HEADER",
+    "Report",
+    "apply",
+    "check_loss",
+    "check_op",
+    "check_registry",
+    "format_report",
+    "format_reports",
+    "format_summary",
+    "iter_registry",
+]

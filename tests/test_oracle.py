@@ -1,6 +1,9 @@
-"""The gradient oracle: every registered op passes, and deliberately broken ops are caught."""
+"""The gradient oracle: every registered op and loss passes (the one registry-wide check of the
+default suite), deliberately broken ops are caught, and the streaming API behind ``gradcheck``."""
 
 from __future__ import annotations
+
+from collections.abc import Iterator
 
 import jax
 import jax.numpy as jnp
@@ -14,30 +17,36 @@ from jaxscratch.ops import loss_registry, registry
 from jaxscratch.ops.dense import dense
 from jaxscratch.ops.losses import mean_squared_error
 from jaxscratch.optim.optimizers import sgd
-from jaxscratch.oracle.check import check_loss, check_op, check_registry, format_reports
+from jaxscratch.oracle.check import (
+    HEADER,
+    Report,
+    check_loss,
+    check_op,
+    check_registry,
+    format_report,
+    format_reports,
+    format_summary,
+    iter_registry,
+)
 from jaxscratch.runs.cli import main as cli_main
 from jaxscratch.train.loop import make_step
 
 OPS = sorted(registry())
 LOSSES = sorted(loss_registry())
+ENTRIES = OPS + [f"loss:{name}" for name in LOSSES]
 
 
-@pytest.mark.parametrize("name", OPS)
-def test_registered_op_passes_the_oracle(name):
-    entry = registry()[name]
-    params, x = entry.example(jax.random.key(7))
-    report = check_op(entry.op, params, x, name=name)
-    assert report.passed, report.detail
+@pytest.mark.parametrize("name", ENTRIES)
+def test_registry_entry_passes_the_oracle(name):
+    """THE registry check of the default suite: every op and loss once, on its oracle example,
+    exactly as ``jaxscratch gradcheck`` runs it (vjp at rtol 1e-10, finite differences per leaf)."""
+    [report] = check_registry([name])
+    assert report.name == name
+    assert report.passed, format_report(report)
+    assert report.vjp_max_rel < 1e-9 and report.fd_max_rel < 1e-6
 
 
-@pytest.mark.parametrize("name", LOSSES)
-def test_registered_loss_passes_the_oracle(name):
-    entry = loss_registry()[name]
-    pred, target = entry.example(jax.random.key(7))
-    report = check_loss(entry.loss, pred, target)
-    assert report.passed, report.detail
-
-
+@pytest.mark.slow
 @pytest.mark.parametrize("name", OPS)
 @settings(
     max_examples=30,
@@ -50,7 +59,7 @@ def test_oracle_hypothesis(name, seed):
     """Values (and, for examples that draw them from the key, shapes) drawn by hypothesis.
 
     Finite differences along one random direction here; the fixed-example test above does one
-    per input leaf.
+    per input leaf. Slow (30 examples per op), so outside the default suite: ``-m slow``.
     """
     entry = registry()[name]
     params, x = entry.example(jax.random.key(seed))
@@ -170,10 +179,40 @@ def test_check_registry_and_cli(capsys):
     reports = check_registry(["sigmoid", "dense[tanh]"])
     assert [r.name for r in reports] == ["dense[tanh]", "sigmoid"]
     assert "2/2" in format_reports(reports)
+    assert cli_main(["gradcheck", "sigmoid", "dense[tanh]"]) == 0
+    assert capsys.readouterr().out == format_reports(reports) + "\n"  # the table, unchanged
     assert cli_main(["gradcheck", "sigmoid"]) == 0
     out = capsys.readouterr().out
     assert "sigmoid" in out and "PASS" in out
     assert cli_main(["gradcheck", "no_such_op"]) == 2
+
+
+def test_iter_registry_yields_each_row_as_it_finishes():
+    rows = iter_registry(["tanh", "loss:mean_squared_error", "relu"], seed=0)
+    assert isinstance(rows, Iterator)
+    first = next(rows)  # one row computed, the others not yet
+    assert first.name == "relu" and first.passed
+    assert [r.name for r in rows] == ["tanh", "loss:mean_squared_error"]
+    with pytest.raises(TypeError, match="iter_registry: seed must be an integer"):
+        next(iter_registry(["tanh"], seed=0.5))
+
+
+def test_iter_registry_enables_float64_only_while_a_row_is_computed():
+    with jax.enable_x64(False):
+        rows = iter_registry(["tanh", "relu"])
+        assert next(rows).passed
+        assert not jax.config.jax_enable_x64  # the caller's setting between rows
+        assert next(rows).passed
+
+
+def test_format_report_and_summary():
+    ok = Report("op_a", True, 1e-17, 2e-16, 3e-10)
+    bad = Report("op_b", False, 1.0, 0.5, np.inf, "dx: 3 entries off")
+    assert format_report(ok) == f"{'op_a':<40} {1e-17:10.2e} {2e-16:10.2e} {3e-10:10.2e}  PASS"
+    assert format_report(bad).endswith("FAIL  dx: 3 entries off")
+    assert len(format_report(ok)) == len(HEADER) - len("result") + len("PASS")  # aligned columns
+    assert format_summary([ok, bad]) == "oracle: 1/2 ops and losses pass (1 FAIL)"
+    assert format_reports([ok]).splitlines() == [HEADER, format_report(ok), format_summary([ok])]
 
 
 def test_whole_networks_pass_the_oracle():
