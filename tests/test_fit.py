@@ -158,7 +158,9 @@ def test_fit_learns_boston_and_predict_batches():
     np.testing.assert_allclose(predict(net, res.params, Xte, batch_size=50), full, rtol=1e-12)
 
 
-@pytest.mark.parametrize("kwargs", [dict(batch_size=True), dict(epochs=2.0), dict(lr="0.1")])
+@pytest.mark.parametrize(
+    "kwargs", [dict(batch_size=True), dict(epochs=2.0), dict(lr="0.1"), dict(key=0)]
+)
 def test_settings_of_the_wrong_kind_are_type_errors(kwargs):
     X, y = data(10)
     base = dict(epochs=1, batch_size=4, lr=0.1, key=jax.random.key(0))

@@ -12,6 +12,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+import jax
 import numpy as np
 from jax.sharding import Mesh
 
@@ -150,6 +151,8 @@ def _start(optimizer: Optimizer, start: Any, key: Array | None) -> TrainState:
             )
         check_int("fit", "start.epoch", start.epoch, minimum=0)
         return start
+    if key is not None and not isinstance(key, jax.Array):
+        raise TypeError(f"fit: key must be a jax.random key or None, got {type(key).__name__}")
     return init_state(optimizer, start, key)
 
 
