@@ -63,6 +63,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+from jax.typing import DTypeLike
 
 from jaxscratch.core import Array, Op, Shape, register, serial
 from jaxscratch.ops import init as initializers
@@ -182,7 +183,7 @@ def conv2d(
     bias: bool = False,
     init: str = "normal",
     method: str = DEFAULT_METHOD,
-    dtype=None,
+    dtype: DTypeLike | None = None,
 ) -> Op:
     """2-D convolution (cross-correlation), NCHW input, OIHW kernel; see the module docstring.
 
@@ -257,26 +258,27 @@ def conv_layer(
     activation: str | Op = "linear",
     *,
     init: str = "normal",
-    dropout: float = 1.0,
+    dropout: float | None = 1.0,
     flatten: bool = False,
     stride: int = 1,
     padding: Padding = "same",
     bias: bool = False,
     method: str = DEFAULT_METHOD,
-    dtype=None,
+    dtype: DTypeLike | None = None,
 ) -> Op:
     """The book's ``Conv2D`` layer as a :func:`jaxscratch.core.serial` op:
     ``conv2d -> activation -> [dropout(keep_prob=dropout)] -> [flatten]``.
 
     x: (batch, C_in, H, W) -> (batch, out_channels, H_out, W_out), or (batch, out_channels *
-    H_out * W_out) with ``flatten``. ``dropout`` is the keep probability (``1.0``: no dropout;
+    H_out * W_out) with ``flatten``. ``dropout`` is the keep probability (``1.0`` or ``None``, as
+    in :func:`jaxscratch.ops.dense.dense`: no dropout;
     below 1 the layer is stochastic and takes ``key``/``train``). Other arguments as
     :func:`conv2d`. Params: a tuple with the conv's dict first and ``()`` for the others.
     """
     act = get_activation(activation)
     if act.stochastic:
         raise ValueError("conv_layer: the activation must be deterministic (use dropout=...)")
-    dropout = check_probability("conv_layer", "dropout", dropout)
+    dropout = 1.0 if dropout is None else check_probability("conv_layer", "dropout", dropout)
     conv = conv2d(
         out_channels,
         kernel,

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+from jax.typing import DTypeLike
 
 from jaxscratch.core import Array, Op, Shape, draw_dims, register, serial
 from jaxscratch.ops import init as initializers
@@ -79,7 +80,7 @@ def dense(
     activation: str | Op = "linear",
     *,
     init: str = "normal",
-    dtype=None,
+    dtype: DTypeLike | None = None,
     dropout: float | None = None,
     inverted: bool = False,
 ) -> Op:

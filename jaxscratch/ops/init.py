@@ -12,6 +12,7 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
+from jax.typing import DTypeLike
 
 from jaxscratch.validate import check_choice
 
@@ -30,7 +31,9 @@ def fans(shape: tuple[int, ...]) -> tuple[int, int]:
     raise ValueError(f"fans: cannot infer fans of a weight of shape {shape}")
 
 
-def normal(key: jax.Array, shape: tuple[int, ...], dtype=None, *, scale: float = 1.0) -> jax.Array:
+def normal(
+    key: jax.Array, shape: tuple[int, ...], dtype: DTypeLike | None = None, *, scale: float = 1.0
+) -> jax.Array:
     """Normal draws with standard deviation ``scale`` (1: the book's ``randn``)."""
     return scale * jax.random.normal(key, shape, dtype or jnp.result_type(float))
 
@@ -40,7 +43,9 @@ def glorot_scale(fan_in: int, fan_out: int) -> float:
     return (2.0 / (fan_in + fan_out)) ** 0.5
 
 
-def glorot_normal(key: jax.Array, shape: tuple[int, ...], dtype=None) -> jax.Array:
+def glorot_normal(
+    key: jax.Array, shape: tuple[int, ...], dtype: DTypeLike | None = None
+) -> jax.Array:
     """Normal draws with std ``sqrt(2 / (fan_in + fan_out))`` (see :func:`fans`)."""
     return normal(key, shape, dtype, scale=glorot_scale(*fans(shape)))
 

@@ -29,6 +29,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+from jax.typing import DTypeLike
 
 from jaxscratch.core import Array, Loss, Op, Shape, register, register_loss, serial
 from jaxscratch.ops.cells import (
@@ -182,7 +183,7 @@ def recurrent_layer(
     out: int,
     *,
     weight_scale: float | None = None,
-    dtype=None,
+    dtype: DTypeLike | None = None,
     name: str | None = None,
 ) -> Op:
     """The book's recurrent layer: x (batch, T, n_in) -> y (batch, T, out).
