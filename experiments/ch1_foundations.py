@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from jaxscratch.runs.checkpoint import write_json_atomic as _write_json_atomic
+from jaxscratch.fileio import write_json_atomic
 
 PLOT_NAME = "ch1_chain_deriv.png"
 
@@ -147,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"copied to {fig_dir / PLOT_NAME} ({(fig_dir / PLOT_NAME).stat().st_size} bytes)")
 
     all_match = all(r["match"] for r in rows)
-    _write_json_atomic(
+    write_json_atomic(
         out / "results.json",
         {
             "experiment": "ch1_foundations",

@@ -36,7 +36,7 @@ import numpy as np  # noqa: E402
 from jaxscratch.book import stepwise as sw  # noqa: E402
 from jaxscratch.book import stepwise_train as swt  # noqa: E402
 from jaxscratch.data import BOSTON_FEATURES, boston_book_data  # noqa: E402
-from jaxscratch.runs.checkpoint import write_json_atomic as _write_json_atomic  # noqa: E402
+from jaxscratch.fileio import write_json_atomic  # noqa: E402
 from jaxscratch.train.metrics import mae, r2, rmse  # noqa: E402
 
 BOOK = {  # REFERENCE.md, chapter 2
@@ -351,7 +351,7 @@ def main(argv: list[str] | None = None) -> int:
             results[key]["losses"] = res[key]["losses"].tolist()
     if args.book:
         results["all_book_figures_match"] = bool(all_match)
-    _write_json_atomic(out / "results.json", results)
+    write_json_atomic(out / "results.json", results)
     print(f"\nwrote {out / 'results.json'} and 3 plots in {out}")
     if args.book and not all_match:
         print("book figures do NOT all match", file=sys.stderr)
