@@ -75,7 +75,7 @@ jax.config.update("jax_enable_x64", True)  # Boston is float64; the other models
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from jaxscratch.runs.checkpoint import write_json_atomic  # noqa: E402
+from jaxscratch.fileio import write_json_atomic  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 if str(HERE) not in sys.path:

@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from jaxscratch.runs.checkpoint import write_json_atomic
+from jaxscratch.fileio import write_json_atomic
 
 BOOK = {  # REFERENCE.md, chapter 3: MAE, RMSE on the 152 test rows
     "linear": (3.52, 5.01),

@@ -33,17 +33,16 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from jaxscratch import data as D
 from jaxscratch.core import Loss, Op, init_params, serial
+from jaxscratch.fileio import write_json_atomic as _write_json_atomic
 from jaxscratch.ops.dense import dense
 from jaxscratch.ops.losses import mean_squared_error, softmax_cross_entropy
 from jaxscratch.optim.optimizers import Optimizer, sgd, sgd_momentum
 from jaxscratch.optim.schedules import constant, exponential_decay, linear_decay
-from jaxscratch.runs.checkpoint import write_json_atomic as _write_json_atomic
-from jaxscratch.train import book_rule, fit, predict
+from jaxscratch.train import book_rule, fit, metrics, predict
 
 BOOK_SEED = 20190119
 HIDDEN = 89
@@ -83,10 +82,6 @@ ROWS = [
     Row("deep", "deeper 178-46-10 + dropout", 97.34, None, ((178, "tanh"), (46, "tanh")),
         "linear", "ce", "glorot", 0.8, 0.9, ("exponential", 0.2, 0.05), deep=True),
 ]  # fmt: skip
-
-
-def _accuracy(pred: jax.Array, y: jax.Array) -> jax.Array:
-    return jnp.mean(jnp.argmax(pred, axis=1) == jnp.argmax(y, axis=1))
 
 
 def build(row: Row) -> tuple[Op, Loss, Optimizer]:
@@ -154,7 +149,7 @@ def train_row(row, ds, epochs: int, seed: int, eval_every: int, log) -> dict[str
         net, loss, opt, params, ds.X_train, ds.y_train,
         epochs=epochs, batch_size=BATCH, key=fit_key, lr=sched,
         eval_data=(ds.X_test, ds.y_test), eval_every=1, stopping=book_rule(eval_every),
-        metrics={"accuracy": _accuracy}, callback=callback,
+        metrics={"accuracy": metrics.accuracy}, callback=callback,
     )  # fmt: skip
     final = res.params
     stopped_at = res.history.stopped_epoch if res.history.stopped_early else None

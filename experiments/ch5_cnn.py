@@ -43,13 +43,13 @@ import numpy as np
 
 from jaxscratch import data as D
 from jaxscratch.core import Op, init_params, serial
+from jaxscratch.fileio import write_json_atomic as _write_json_atomic
 from jaxscratch.ops import conv
 from jaxscratch.ops.conv import conv_layer, flatten, max_pool2d
 from jaxscratch.ops.dense import dense
 from jaxscratch.ops.losses import softmax_cross_entropy
 from jaxscratch.optim.optimizers import sgd_momentum
-from jaxscratch.runs.checkpoint import write_json_atomic as _write_json_atomic
-from jaxscratch.train import fit, make_step, predict
+from jaxscratch.train import fit, make_step, metrics, predict
 
 BOOK_SEED = 20190402
 BOOK_MNIST_ACCURACY = 90.31
@@ -114,11 +114,7 @@ def accuracy(net: Op, params, X, labels: np.ndarray) -> tuple[float, np.ndarray]
     """Test accuracy (%) with dropout off, and the predicted classes."""
     logits = predict(net, params, X, batch_size=1000)
     pred = np.asarray(jnp.argmax(logits, axis=1))
-    return float(100.0 * np.mean(pred == labels)), pred
-
-
-def _percent_correct(pred: jax.Array, labels: jax.Array) -> jax.Array:
-    return 100.0 * jnp.mean(jnp.argmax(pred, axis=1) == labels)
+    return 100.0 * float(metrics.accuracy(np.asarray(logits), labels)), pred
 
 
 def train(
@@ -147,7 +143,7 @@ def train(
 
     def on_eval(info: dict[str, Any]) -> None:
         times.append(time.perf_counter())
-        done, loss, acc = info["epoch"] * steps, info["train_loss"], info["accuracy"]
+        done, loss, acc = info["epoch"] * steps, info["train_loss"], 100.0 * info["accuracy"]
         evals.append({"batches": done, "train_loss": loss, "test_accuracy": acc})
         print(
             f"[{name}] batch {done:5d}: mean train loss {loss:.4f}  test accuracy {acc:6.2f}%",
@@ -158,7 +154,7 @@ def train(
         net, softmax_cross_entropy, sgd_momentum(0.9), params, data["X_train"], data["y_train"],
         epochs=periods, batch_size=BATCH, steps_per_epoch=steps, key=fit_key, lr=lr,
         eval_data=(data["X_test"], data["labels_test"]), eval_every=1, stopping=None,
-        metrics={"accuracy": _percent_correct}, step_mode=mode, callback=on_eval,
+        metrics={"accuracy": metrics.accuracy}, step_mode=mode, callback=on_eval,
     )  # fmt: skip
     final, pred = accuracy(net, res.params, data["X_test"], data["labels_test"])
     durations = np.diff(times)

@@ -32,8 +32,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxscratch.book import charlm
+from jaxscratch.fileio import write_json_atomic as _write_json_atomic
 from jaxscratch.optim import clipping, optimizers
-from jaxscratch.runs.checkpoint import write_json_atomic as _write_json_atomic
 
 PLOT_NAME = "ch6_loss_curves.png"
 BOOK = "book: no printed figures; loss curves fall steadily, LSTM->LSTM lowest (100 KB, 62 symbols)"

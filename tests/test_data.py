@@ -39,7 +39,6 @@ from jaxscratch.data import (
     read_idx,
     standardize,
 )
-from jaxscratch.train.metrics import accuracy, mae, r2, rmse
 
 REAL_MNIST = Path("/work/shared/data/mnist")
 DEBIAN_FASHION = Path("/usr/share/datasets/fashion-mnist")
@@ -139,42 +138,6 @@ def test_read_csv_and_targets(tmp_path):
     with pytest.raises(ValueError, match="line 3"):
         p.write_text("a,b,y\n1,2,0\n3,x,2\n")
         read_csv(p)
-
-
-# ------------------------------------------------------------------------------------------------
-# metrics
-# ------------------------------------------------------------------------------------------------
-
-
-def test_metric_values():
-    t = np.array([[1.0], [2.0], [3.0], [4.0]])
-    p = np.array([[1.5], [2.0], [2.0], [5.0]])
-    assert mae(p, t) == pytest.approx(2.5 / 4)
-    assert rmse(p, t) == pytest.approx(np.sqrt(2.25 / 4))
-    assert r2(p, t) == pytest.approx(1.0 - 2.25 / 5.0)
-    assert r2(t, t) == 1.0
-    scores = np.array([[0.1, 0.9], [0.8, 0.2], [0.3, 0.7]])
-    assert accuracy(scores, np.array([1, 0, 0])) == pytest.approx(2 / 3)
-    assert accuracy(scores, np.eye(2)[[1, 0, 0]]) == pytest.approx(2 / 3)
-    assert accuracy(np.array([1, 0, 1]), np.array([1, 0, 0])) == pytest.approx(2 / 3)
-
-
-@pytest.mark.parametrize("metric", [mae, rmse, r2])
-def test_metrics_refuse_n1_against_n(metric):
-    t = np.arange(5.0)
-    with pytest.raises(ValueError, match=r"\(5, 1\).*\(5,\)"):
-        metric(t[:, None], t)
-    with pytest.raises(ValueError, match="shape"):
-        metric(t, t[:, None])
-
-
-def test_metric_errors():
-    with pytest.raises(ValueError, match="constant"):
-        r2(np.arange(3.0), np.ones(3))
-    with pytest.raises(ValueError, match="empty"):
-        mae(np.zeros(0), np.zeros(0))
-    with pytest.raises(ValueError, match="accuracy"):
-        accuracy(np.zeros((3, 2)), np.zeros(4, dtype=int))
 
 
 # ------------------------------------------------------------------------------------------------
