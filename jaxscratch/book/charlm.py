@@ -110,7 +110,9 @@ def load_text(path: str | Path | None = None, max_chars: int | None = None) -> s
 
 
 class Vocabulary(NamedTuple):
-    """The distinct characters of a text, sorted; index ``i`` is character ``chars[i]``."""
+    """The distinct characters of a text, sorted; index ``i`` is character ``chars[i]``.
+
+    ``char_index()``: ``{character: index}`` (not ``index``, which tuple already has)."""
 
     chars: tuple[str, ...]
 
@@ -118,7 +120,7 @@ class Vocabulary(NamedTuple):
     def size(self) -> int:
         return len(self.chars)
 
-    def index(self) -> dict[str, int]:
+    def char_index(self) -> dict[str, int]:
         """``{character: index}``."""
         return {c: i for i, c in enumerate(self.chars)}
 
@@ -140,7 +142,7 @@ def build_vocabulary(text: str) -> Vocabulary:
 
 def encode(vocab: Vocabulary, text: str) -> np.ndarray:
     """``text`` as int32 indices into ``vocab``, shape (len(text),). Unknown characters: ValueError."""
-    index = vocab.index()
+    index = vocab.char_index()
     try:
         return np.fromiter((index[c] for c in text), dtype=np.int32, count=len(text))
     except KeyError as e:

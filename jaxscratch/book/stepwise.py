@@ -41,7 +41,7 @@ Training on the book's schedule (:func:`~jaxscratch.book.stepwise_train.train`) 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Literal
+from typing import Any, Literal
 
 import jax
 import jax.numpy as jnp
@@ -65,7 +65,7 @@ NETWORK_KEYS: tuple[str, ...] = ("W1", "B1", "W2", "B2")
 # checks (shapes at trace time; values only where the arrays are concrete)
 
 
-def _shape(a: object) -> tuple[int, ...]:
+def _shape(a: Any) -> tuple[int, ...]:
     return tuple(getattr(a, "shape", np.shape(a)))
 
 
@@ -82,7 +82,7 @@ def _check_X(fn: str, X: Array, n_in: int) -> None:
         raise ValueError(f"{fn}: X is empty (shape {_shape(X)})")
 
 
-def _check_y(fn: str, X: Array, y: Array) -> None:
+def _check_y(fn: str, X: Array | np.ndarray, y: Array | np.ndarray) -> None:
     if y.ndim != 2 or y.shape[1] != 1:
         raise ValueError(
             f"{fn}: y has shape {_shape(y)}, expected a column vector ({X.shape[0]}, 1); "

@@ -95,7 +95,14 @@ class TrainResult(NamedTuple):
 
 @partial(jax.jit, static_argnums=(1, 2, 3), static_argnames=("model", "hidden_size", "dtype"))
 def _jax_setup(
-    key: Array, n: int, d: int, n_passes: int, *, model: str, hidden_size: int, dtype: jnp.dtype
+    key: Array,
+    n: int,
+    d: int,
+    n_passes: int,
+    *,
+    model: ModelName,
+    hidden_size: int,
+    dtype: jnp.dtype,
 ) -> tuple[Weights, Array]:
     """rng="jax": weights from one half of ``key``; pass p's row order from ``fold_in(other, p)``."""
     k_init, k_data = jax.random.split(key)
@@ -114,8 +121,8 @@ def _run(
     orders: Array,
     lr: Array,
     *,
-    model: str,
-    mode: str,
+    model: ModelName,
+    mode: Mode,
     batch_size: int,
     n_iter: int,
 ) -> tuple[Weights, Array]:
@@ -186,7 +193,7 @@ def train(
     rng = rng if rng is not None else ("jax" if mode == "mean" else "book")
     check_choice(fn, "rng", rng, ("book", "jax"))
     dtype = jnp.dtype(dtype)
-    if dtype == jnp.float64 and not jax.config.jax_enable_x64:
+    if dtype == jnp.float64 and not jax.config.read("jax_enable_x64"):
         raise ValueError(
             f"{fn}: dtype float64 needs jax.config.update('jax_enable_x64', True) "
             "(or pass dtype=jnp.float32)"

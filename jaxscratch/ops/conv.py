@@ -153,7 +153,7 @@ def _conv_init(
     name: str,
     conv: tuple[int, int, int, int, Padding, bool],
     init: str,
-    dtype: object,
+    dtype: DTypeLike | None,
     key: jax.Array,
     in_shape: Shape,
 ) -> tuple[Shape, dict[str, Array]]:
@@ -214,7 +214,7 @@ def conv2d(
     @jax.jit
     def _forward(params: dict[str, Array], x: Array) -> tuple[Array, ConvCache]:
         Wt = params["W"]
-        y, cols = fwd(x, Wt, conv_geometry(*x.shape[2:], kh, kw, stride, padding))
+        y, cols = fwd(x, Wt, conv_geometry(x.shape[2], x.shape[3], kh, kw, stride, padding))
         if bias:
             y = y + params["B"]
         return y, ConvCache(x, Wt, cols)
@@ -223,7 +223,7 @@ def conv2d(
         """dW = sum over the batch of correlate(pad(x), dy); dx = correlate(dilate_pad(dy), W
         flipped and channel-transposed); dB = sum of dy over batch and space."""
         x, Wt, _ = cache
-        geo = conv_geometry(*x.shape[2:], kh, kw, stride, padding)
+        geo = conv_geometry(x.shape[2], x.shape[3], kh, kw, stride, padding)
         expected = (x.shape[0], Wt.shape[0], geo.Ho, geo.Wo)
         if dy.shape != expected:
             raise ValueError(
@@ -234,7 +234,9 @@ def conv2d(
     @jax.jit
     def _backward(cache: ConvCache, dy: Array) -> tuple[dict[str, Array], Array]:
         x, Wt, cols = cache
-        dW, dx = bwd(x, Wt, cols, dy, conv_geometry(*x.shape[2:], kh, kw, stride, padding))
+        dW, dx = bwd(
+            x, Wt, cols, dy, conv_geometry(x.shape[2], x.shape[3], kh, kw, stride, padding)
+        )
         grads = {"W": dW}
         if bias:
             grads["B"] = jnp.sum(dy, axis=(0, 2, 3), keepdims=True)

@@ -129,17 +129,24 @@ def _correlate_taps(
     O, C, kh, kw = K.shape
     if contract_first:
         Z = jnp.einsum("nchw,oct->nothw", xp, K.reshape(O, C, kh * kw))
-        y = None
+        y: Array | None = None
         for i in range(kh):
             for j in range(kw):
                 t = _tap(Z[:, :, i * kw + j], i, j, stride, Ho, Wo)
                 y = t if y is None else y + t
-        return y
+        return _taps_sum(y, K)
     y = None
     for i in range(kh):
         for j in range(kw):
             t = jnp.einsum("nchw,oc->nohw", _tap(xp, i, j, stride, Ho, Wo), K[:, :, i, j])
             y = t if y is None else y + t
+    return _taps_sum(y, K)
+
+
+def _taps_sum(y: Array | None, K: Array) -> Array:
+    """The sum of the taps; ``None`` only if the kernel had none (a shape the layer refuses)."""
+    if y is None:
+        raise ValueError(f"conv: kernel of shape {tuple(K.shape)} has no taps (kh or kw is 0)")
     return y
 
 
@@ -213,23 +220,35 @@ def _input_grad_taps(x_shape: tuple[int, ...], K: Array, dy: Array, g: ConvGeome
     return _correlate_taps(dyd, _flip_transpose(K), 1, H, W, contract_first=C <= K.shape[0])
 
 
+def _kept(method: str, cols: Array | None) -> Array:
+    """The array the ``method`` forward pass kept; ``None`` means the cache came from "xla"."""
+    if cols is None:
+        raise ValueError(
+            f"conv backward ({method}): the cache holds no kept array; "
+            "it was made by a forward pass with another method"
+        )
+    return cols
+
+
 def _backward_im2col(
-    x: Array, K: Array, cols: Array, dy: Array, g: ConvGeometry
+    x: Array, K: Array, cols: Array | None, dy: Array, g: ConvGeometry
 ) -> tuple[Array, Array]:
     """dW: one product of dy with the cached patches; dx: shifted multiply-adds."""
+    cols = _kept("im2col", cols)
     dW = jnp.einsum("nohw,ncthw->oct", dy, cols).reshape(K.shape)
     return dW, _input_grad_taps(x.shape, K, dy, g)
 
 
 def _backward_taps(
-    x: Array, K: Array, cols: Array, dy: Array, g: ConvGeometry
+    x: Array, K: Array, cols: Array | None, dy: Array, g: ConvGeometry
 ) -> tuple[Array, Array]:
     """dW: one contraction per tap of dy with the cached padded input; dx: multiply-adds."""
-    return _kernel_grad_taps(cols, dy, g.kh, g.kw, g.stride), _input_grad_taps(x.shape, K, dy, g)
+    dW = _kernel_grad_taps(_kept("taps", cols), dy, g.kh, g.kw, g.stride)
+    return dW, _input_grad_taps(x.shape, K, dy, g)
 
 
 def _backward_xla(
-    x: Array, K: Array, cols: None, dy: Array, g: ConvGeometry
+    x: Array, K: Array, cols: Array | None, dy: Array, g: ConvGeometry
 ) -> tuple[Array, Array]:
     """Both gradients as ``lax.conv_general_dilated`` calls."""
     del cols

@@ -36,8 +36,8 @@ def _weight_multiply_backward(cache: tuple, dy: Array) -> tuple[dict[str, Array]
     return {"W": x.T @ dy}, dy @ W.T
 
 
-def _bias_add_forward(params: dict[str, Array], x: Array) -> tuple[Array, int]:
-    """y = x + B. x: (batch, n), B: (1, n) -> y: (batch, n). Caches nothing but the B shape."""
+def _bias_add_forward(params: dict[str, Array], x: Array) -> tuple[Array, None]:
+    """y = x + B. x: (batch, n), B: (1, n) -> y: (batch, n). Caches nothing (None)."""
     B = params["B"]
     if B.ndim != 2 or B.shape[0] != 1:
         raise ValueError(f"bias_add: B must have shape (1, n), got {tuple(B.shape)}")

@@ -332,9 +332,13 @@ def _nonzero_starts(params: Any, key: Array) -> Any:
 
 
 def _layer_example(op: Op):
+    init = op.init
+    if init is None:
+        raise ValueError(f"_layer_example: {op.name} has no init; a layer example needs params")
+
     def example(key: Array):
         kp, kx, ks = jax.random.split(key, 3)
-        _, params = op.init(kp, (_T, _N_IN))
+        _, params = init(kp, (_T, _N_IN))
         params = _nonzero_starts(params, ks)
         x = jax.random.normal(kx, (_BATCH, _T, _N_IN), jnp.float64)
         return params, x

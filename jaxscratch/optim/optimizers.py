@@ -171,7 +171,7 @@ def _rmsprop(rho: float, eps: float) -> Optimizer:
 class AdamState(NamedTuple):
     """count: steps taken (int32 scalar); mu, nu: first and second moment estimates (params tree)."""
 
-    count: Array
+    count: Array  # type: ignore[assignment]  # shadows tuple.count; the name is a checkpoint key
     mu: Params
     nu: Params
 

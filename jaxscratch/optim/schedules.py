@@ -18,6 +18,7 @@ loudly instead of extrapolating.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -49,6 +50,8 @@ class Schedule:
         e = _epoch_index(f"{self.kind} schedule", epoch, self.epochs)
         if self.kind == "constant":
             return self.lr
+        if self.epochs is None:  # the factories give every non-constant schedule an epoch count
+            raise ValueError(f"{self.kind} schedule: needs an epoch count, got epochs=None")
         if self.kind == "linear":
             return self.lr - (self.lr - self.final_lr) * e / (self.epochs - 1)
         factor = (self.final_lr / self.lr) ** (1.0 / (self.epochs - 1))
@@ -93,4 +96,9 @@ def exponential_decay(lr: float, final_lr: float, epochs: int) -> Schedule:
     return _decay("exponential", lr, final_lr, epochs)
 
 
-SCHEDULES = {"constant": constant, "linear": linear_decay, "exponential": exponential_decay}
+# constant(lr); the decays take (lr, final_lr, epochs)
+SCHEDULES: dict[str, Callable[..., Schedule]] = {
+    "constant": constant,
+    "linear": linear_decay,
+    "exponential": exponential_decay,
+}

@@ -94,7 +94,7 @@ def _compare(manual: Any, oracle: Any, rtol: float) -> tuple[float, float, str]:
     """(max abs error, max error relative to the leaf scale, first failure or '')."""
     m_leaves, m_def = jax.tree.flatten(manual)
     o_leaves, o_def = jax.tree.flatten(oracle)
-    if m_def != o_def:
+    if m_def != o_def:  # type: ignore[operator]  # jax stubs: PyTreeDef comes from untyped jaxlib
         return np.inf, np.inf, f"gradient structure {m_def} != oracle {o_def}"
     max_abs = max_rel = 0.0
     detail = ""
@@ -202,7 +202,7 @@ def check_op(
     comparisons pass. Inputs are cast to float64 for the check. ``fd_per_leaf=False`` checks
     finite differences along one random direction only (cheaper, for many random examples).
     """
-    label = name or getattr(op, "name", type(op).__name__)
+    label = name or str(getattr(op, "name", type(op).__name__))
     stochastic = bool(getattr(op, "stochastic", False))
     with jax.enable_x64(True):
         params, x = _to64(params), _to64(x)
