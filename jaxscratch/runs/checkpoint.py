@@ -125,7 +125,8 @@ def save(
             )
     stem = _epoch_name(epoch)
     npz = d / f"{stem}.npz"
-    fileio.atomic_write(npz, lambda f: np.savez(f, **arrays))
+    # numpy stubs: **kwds might hold allow_pickle; our names all start with the tree's name
+    fileio.atomic_write(npz, lambda f: np.savez(f, **arrays))  # type: ignore[arg-type]
     digest, size = _file_sha256(npz)
     manifest = {
         "format": FORMAT,
@@ -246,15 +247,15 @@ def _read_arrays(manifest_path: Path, manifest: dict[str, Any]) -> dict[str, np.
             f"checkpoint {npz}: arrays {sorted(set(arrays) ^ set(listed))} differ from the manifest"
         )
     for name, a in arrays.items():
-        e = listed[name]
+        entry = listed[name]
         if (
-            list(a.shape) != e["shape"]
-            or a.dtype.str != e["dtype"]
-            or _array_sha256(a) != e["sha256"]
+            list(a.shape) != entry["shape"]
+            or a.dtype.str != entry["dtype"]
+            or _array_sha256(a) != entry["sha256"]
         ):
             raise CheckpointError(
                 f"checkpoint {npz}: array {name} ({a.dtype} {a.shape}) does not match its manifest "
-                f"entry ({e['dtype']} {tuple(e['shape'])}, sha256 {e['sha256']})"
+                f"entry ({entry['dtype']} {tuple(entry['shape'])}, sha256 {entry['sha256']})"
             )
     return arrays
 

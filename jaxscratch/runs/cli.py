@@ -31,9 +31,9 @@ def _error(command: str, message: str) -> None:
 
 def _gradcheck(args: argparse.Namespace) -> int:
     """The oracle table, a row printed as each op finishes (float64 inside the oracle)."""
-    from jaxscratch.oracle.check import HEADER, format_report, format_summary, iter_registry
+    from jaxscratch.oracle.check import HEADER, Report, format_report, format_summary, iter_registry
 
-    reports = []
+    reports: list[Report] = []
     for report in iter_registry(args.ops or None, seed=args.seed):
         if not reports:
             print(HEADER, flush=True)

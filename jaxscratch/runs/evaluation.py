@@ -114,7 +114,9 @@ def evaluate(
         manifest = resolve_checkpoint(run_dir, checkpoint)
         model = cfgmod.build_model(cfg)
         state = load_state(manifest, model, cfg, tuple(X.shape[1:]), optimizer=False)
-        result = score(model, state.params, X, y, stats.get("task") or cfgmod.data_task(cfg))
+        result: dict[str, Any] = score(
+            model, state.params, X, y, stats.get("task") or cfgmod.data_task(cfg)
+        )
     result.update(
         rows=int(X.shape[0]),
         data=what,

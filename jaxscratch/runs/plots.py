@@ -31,8 +31,8 @@ def plot_curves(records: list[dict[str, Any]], path: Path, title: str = "") -> P
         ys = [r.get(key) for r in records]
         if any(y is not None for y in ys):
             ax1.plot(epochs, [np.nan if y is None else y for y in ys], style, ms=3, label=key)
-    values = [r.get(k) for r in records for k in ("train_loss", "eval_loss")]
-    values = [v for v in values if v is not None and math.isfinite(v)]
+    losses = [r.get(k) for r in records for k in ("train_loss", "eval_loss")]
+    values: list[float] = [v for v in losses if v is not None and math.isfinite(v)]
     if values and min(values) > 0 and max(values) < 1e100:  # a diverging run: linear scale
         ax1.set_yscale("log")
     ax1.set_xlabel("epoch")

@@ -185,10 +185,10 @@ class _Session:
         self.save_final(result)
         return "completed", {}
 
-    def _diverged(self, e: Exception) -> dict[str, Any]:
+    def _diverged(self, e: TrainingDiverged | EvaluationNotFinite) -> dict[str, Any]:
         where = f"kept the last good checkpoint {self.manifest} (epoch {self.meta['state_epoch']})"
         if isinstance(e, TrainingDiverged):
-            d = {"epoch": e.epoch, "batch": e.batch, "loss": e.loss}
+            d: dict[str, Any] = {"epoch": e.epoch, "batch": e.batch, "loss": e.loss}
             msg = f"training diverged at epoch {e.epoch}, batch {e.batch}: loss {e.loss}; {where}"
         else:
             d = {"epoch": e.epoch, "batch": None, "loss": e.value}
@@ -226,9 +226,13 @@ def train(
     """
     out = out if out is not None else sys.stdout
     if resume:
+        if run_dir is None:
+            raise TypeError("train: resume=True needs the run_dir of the run to continue, got None")
         run_dir = Path(run_dir)
         cfg = run_config(run_dir)
     else:
+        if cfg is None:
+            raise TypeError("train: a fresh run needs cfg (a resolved config), got None")
         run_dir = Path(run_dir) if run_dir is not None else default_run_dir(cfg["name"])
         if run_dir.exists() and any(run_dir.iterdir()):
             raise RunError(

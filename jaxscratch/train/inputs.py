@@ -85,27 +85,31 @@ class LearningRates:
     def __init__(self, lr: LR, epochs: int):
         if isinstance(lr, jax.Array):
             lr = np.asarray(lr)
+        self._constant: float | None = None
+        # epoch index -> the (unchecked) rate: the schedule itself, or the sequence's indexing
+        self._per_epoch: Callable[[int], Any] | None = None
         if is_number(lr):
-            self._constant: float | None = check_lr("fit", lr)
+            self._constant = check_lr("fit", lr)
+        elif callable(lr):
+            self._per_epoch = lr
         else:
-            self._constant = None
-            if not callable(lr):
-                if isinstance(lr, str | bytes) or not isinstance(lr, Sequence | np.ndarray):
-                    raise TypeError(
-                        "fit: lr must be a number, a sequence of numbers or a schedule "
-                        f"(epoch_index -> lr), got {type(lr).__name__}"
-                    )
-                if len(lr) < epochs:
-                    raise ValueError(
-                        f"fit: the lr sequence has {len(lr)} entries, {epochs} epochs need one each"
-                    )
-        self._lr = lr
+            if isinstance(lr, str | bytes) or not isinstance(lr, Sequence | np.ndarray):
+                raise TypeError(
+                    "fit: lr must be a number, a sequence of numbers or a schedule "
+                    f"(epoch_index -> lr), got {type(lr).__name__}"
+                )
+            if len(lr) < epochs:
+                raise ValueError(
+                    f"fit: the lr sequence has {len(lr)} entries, {epochs} epochs need one each"
+                )
+            self._per_epoch = lr.__getitem__
 
     def rate(self, epoch: int) -> float:
         if self._constant is not None:
             return self._constant
-        value = self._lr(epoch) if callable(self._lr) else self._lr[epoch]
-        return check_lr("fit", value)
+        if self._per_epoch is None:  # cannot happen: __init__ sets one of the two
+            raise RuntimeError("LearningRates: neither a constant rate nor a per-epoch rate")
+        return check_lr("fit", self._per_epoch(epoch))
 
     def rates(self, first: int, count: int) -> list[float]:
         return [self.rate(e) for e in range(first, first + count)]

@@ -35,7 +35,12 @@ def data_mesh(devices: int | Sequence[Any] | None = None) -> Mesh:
     available = jax.devices()
     if devices is None:
         chosen = list(available)
-    elif isinstance(devices, int | np.integer) and not isinstance(devices, bool):
+    elif isinstance(devices, bool):
+        raise TypeError(
+            "data_mesh: devices must be None, a device count or a sequence of devices, "
+            f"got {devices!r}"
+        )
+    elif isinstance(devices, int | np.integer):
         k = int(devices)
         if k < 1 or k > len(available):
             raise ValueError(

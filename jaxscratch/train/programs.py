@@ -112,9 +112,16 @@ class Batching(NamedTuple):
         return np.array([self.bs] * self.steps + ([self.rem] if self.rem else []), np.float64)
 
 
+def _data_key(b: Batching, data_key: Array | None) -> Array:
+    """The data key, which orders "shuffle" and "replace" need (``fit`` always passes one)."""
+    if data_key is None:
+        raise ValueError(f"epoch_rows: order {b.order!r} draws rows and needs a data key, got None")
+    return data_key
+
+
 def _pass_order(b: Batching, index: Array, data_key: Array | None) -> Array:
     if b.order == "shuffle":
-        return jax.random.permutation(jax.random.fold_in(data_key, index), b.n)
+        return jax.random.permutation(jax.random.fold_in(_data_key(b, data_key), index), b.n)
     return jnp.arange(b.n)
 
 
@@ -122,7 +129,8 @@ def epoch_rows(b: Batching, epoch: Array, row: Array, data_key: Array | None):
     """Traced: ``(full (steps, bs), last (rem,) or None)`` row indices of epoch ``epoch``."""
     if b.order == "replace":
         g = epoch * b.steps + jnp.arange(b.steps)
-        draw = lambda i: jax.random.randint(jax.random.fold_in(data_key, i), (b.bs,), 0, b.n)  # noqa: E731
+        key = _data_key(b, data_key)
+        draw = lambda i: jax.random.randint(jax.random.fold_in(key, i), (b.bs,), 0, b.n)  # noqa: E731
         return jax.vmap(draw)(g), None
     if b.stream:
         per_pass = b.n // b.bs

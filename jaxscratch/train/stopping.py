@@ -72,7 +72,7 @@ class EarlyStopping:
     def decide(
         self, best: Best | None, bad: int, current: Best, epoch_start: tuple[Params, Any]
     ) -> Verdict:
-        if _improves(current, best, self.min_delta):
+        if best is None or _improves(current, best, self.min_delta):
             return Verdict(current, 0, False)
         bad += 1
         if bad < self.patience:
