@@ -43,6 +43,7 @@ import numpy as np
 
 from jaxscratch import fileio
 from jaxscratch.train.state import Best, TrainState
+from jaxscratch.validate import check_positive_int
 
 FORMAT = "jaxscratch-checkpoint/1"
 _MANIFEST_RE = re.compile(r"epoch-(\d+)\.json")
@@ -103,8 +104,11 @@ def save(
 
     Returns the manifest path. ``meta``: JSON-serialisable extras (epoch counters, best loss).
     ``keep``: how many of the newest checkpoints to keep (older ones are deleted after the new one
-    is in place; ``None`` keeps all), besides those of the epochs in ``protect`` (the best one).
+    is in place; ``None`` keeps all; else >= 1), besides those of the epochs in ``protect`` (the
+    best one). Pruning deletes only what :func:`prune` may (never through a symlink).
     """
+    if keep is not None:
+        keep = check_positive_int("checkpoint.save", "keep", keep)
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
     arrays: dict[str, np.ndarray] = {}
@@ -198,11 +202,46 @@ def latest(directory: str | Path) -> Path | None:
     return found[-1] if found else None
 
 
-def prune(manifest: Path) -> None:
-    """Delete one checkpoint: its manifest first (so it stops existing), then its .npz."""
-    npz = manifest.with_suffix(".npz")
+def _regular(path: Path) -> bool:
+    """Whether ``path`` is a regular file itself (not a symlink, not a directory)."""
+    return path.is_file() and not path.is_symlink()
+
+
+def prune(manifest: Path) -> bool:
+    """Delete one checkpoint: its manifest first (so it stops existing), then the .npz it names.
+
+    Only regular files inside the manifest's own directory are deleted: nothing is done in a
+    symlinked directory, for a symlinked or unreadable manifest, or for a ``"file"`` that is a
+    symlink or not a plain name in that directory. Returns whether the checkpoint was deleted.
+    """
+    manifest = Path(manifest)
+    if manifest.parent.is_symlink() or not _regular(manifest):
+        return False
+    try:
+        npz = _npz_path(manifest, read_manifest(manifest))
+    except CheckpointError:
+        return False
     manifest.unlink(missing_ok=True)
-    npz.unlink(missing_ok=True)
+    if _regular(npz):
+        npz.unlink(missing_ok=True)
+    return True
+
+
+def _npz_path(manifest_path: Path, manifest: dict[str, Any]) -> Path:
+    """The .npz a manifest names: a plain file name in the manifest's own directory."""
+    name = manifest["file"]
+    if (
+        not isinstance(name, str)
+        or name in ("", ".", "..")
+        or "/" in name
+        or "\\" in name
+        or Path(name).name != name
+    ):
+        raise CheckpointError(
+            f"checkpoint manifest {manifest_path}: file {name!r} is not a file name in its own "
+            "directory (a manifest may only name a file beside it)"
+        )
+    return manifest_path.parent / name
 
 
 def read_manifest(path: str | Path) -> dict[str, Any]:
@@ -223,11 +262,25 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
         raise CheckpointError(
             f"checkpoint manifest {p}: format {manifest['format']!r}, expected {FORMAT!r}"
         )
+    named = _MANIFEST_RE.fullmatch(p.name)
+    epoch = manifest["epoch"]
+    if isinstance(epoch, bool) or not isinstance(epoch, int):
+        raise CheckpointError(f"checkpoint manifest {p}: epoch {epoch!r} is not an integer")
+    if named is not None and int(named.group(1)) != epoch:
+        raise CheckpointError(
+            f"checkpoint manifest {p} says epoch {epoch}, but its name says epoch "
+            f"{int(named.group(1))}"
+        )
+    _npz_path(p, manifest)
     return manifest
 
 
 def _read_arrays(manifest_path: Path, manifest: dict[str, Any]) -> dict[str, np.ndarray]:
-    npz = manifest_path.parent / manifest["file"]
+    npz = _npz_path(manifest_path, manifest)
+    if npz.is_symlink() and npz.resolve().parent != manifest_path.parent.resolve():
+        raise CheckpointError(
+            f"checkpoint {npz} is a symlink to {npz.resolve()}, outside {manifest_path.parent}"
+        )
     if not npz.is_file():
         raise CheckpointError(f"checkpoint {npz} is missing (named by {manifest_path})")
     digest, size = _file_sha256(npz)
@@ -401,6 +454,15 @@ def load_state(
     meta = read_manifest(mpath)["meta"]
     if "state_epoch" not in meta:
         raise CheckpointError(f"checkpoint manifest {mpath} holds no TrainState (no state_epoch)")
+    se = meta["state_epoch"]
+    if (
+        isinstance(se, bool)
+        or not isinstance(se, int)
+        or not 0 <= se <= read_manifest(mpath)["epoch"]
+    ):
+        raise CheckpointError(
+            f"checkpoint manifest {mpath}: state_epoch {se!r} is not an epoch in [0, its epoch]"
+        )
     loaded = load(mpath, _templates(meta, params, opt_state))
     t = loaded.trees
     key = t.get("key")

@@ -10,11 +10,21 @@ uninterrupted one bit for bit.
 When ``fit`` returns, its final state (after an early stop: the restored one) is saved as the
 final checkpoint, with ``fit``'s evaluation of exactly those params; the summary's ``final``
 numbers are that evaluation. The latest two checkpoints and the best evaluated one are kept.
+
+The run directory is created exclusively and locked (:class:`~jaxscratch.runs.rundir.RunLock`)
+while the run writes it. Every checkpoint carries the run's fingerprint (the resolved config and
+the data arrays, hashed): a resume whose config or data differ is refused, naming what changed,
+unless ``allow_changed=True``, which records the changes (``resumed_with_changes``). SIGINT and
+SIGTERM only set a flag (safe during a compilation); the run stops at the next evaluation with
+its checkpoint saved, status ``"interrupted"`` (exit 130) or ``"terminated"`` (exit 143).
 """
 
 from __future__ import annotations
 
+import shutil
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any, TextIO
@@ -37,7 +47,14 @@ from jaxscratch.runs.rundir import (
     SUMMARY_FILE,
     MetricsLog,
     RunError,
+    RunLock,
+    changes,
+    check_empty,
+    clean_temp_files,
+    create_run_dir,
     default_run_dir,
+    describe_changes,
+    fingerprint,
     read_metrics,
     write_json,
 )
@@ -50,6 +67,48 @@ METRIC_KEYS = ("accuracy", "mae", "rmse")
 
 class _StopRequested(Exception):
     """Raised from the fit callback to end a run after a checkpoint (``--stop-after``)."""
+
+
+class _Signalled(Exception):
+    """Raised from the fit callback, after its checkpoint, when SIGINT or SIGTERM arrived."""
+
+    def __init__(self, status: str):
+        super().__init__(status)
+        self.status = status
+
+
+class Signals:
+    """SIGINT and SIGTERM handlers for one run (``with Signals() as s:``; the previous handlers
+    are restored on exit). A handler only records the first signal, so a signal at any moment
+    (inside a compilation too) is safe; ``status`` is then ``"interrupted"`` (SIGINT) or
+    ``"terminated"`` (SIGTERM). Outside the main thread nothing is installed."""
+
+    STATUS = {signal.SIGINT: "interrupted", signal.SIGTERM: "terminated"}
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        del frame
+        if self.received is None:
+            self.received = signum
+
+    @property
+    def status(self) -> str | None:
+        """The status the received signal asks for, or None."""
+        return None if self.received is None else self.STATUS[signal.Signals(self.received)]
+
+    def __enter__(self) -> Signals:
+        if threading.current_thread() is threading.main_thread():
+            for signum in self.STATUS:
+                self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
+        self._previous = {}
 
 
 def _load_data(cfg: dict[str, Any]) -> cfgmod.Dataset:
@@ -69,11 +128,28 @@ def _evaluation(epoch: int, eval_loss: float | None, metrics: dict[str, float] |
 class _Session:
     """One ``train`` call: the run directory, data, model, and what has been saved so far."""
 
-    def __init__(self, cfg: dict[str, Any], run_dir: Path, out: TextIO, stop_after: int | None):
+    def __init__(
+        self,
+        cfg: dict[str, Any],
+        run_dir: Path,
+        out: TextIO,
+        stop_after: int | None,
+        signals: Signals | None = None,
+    ):
         self.cfg, self.run_dir, self.out, self.stop_after = cfg, run_dir, out, stop_after
+        self.signals = signals or Signals()
         self.ckpt_dir = run_dir / CHECKPOINT_DIR
         self.log = MetricsLog(run_dir / METRICS_FILE)
         self.data = _load_data(cfg)
+        d = self.data
+        arrays = {
+            "X_train": d.X_train,
+            "y_train": d.y_train,
+            "X_test": d.X_test,
+            "y_test": d.y_test,
+        }
+        self.fingerprint = fingerprint(cfg, arrays)
+        self.changes: list[str] = []
         self.model = cfgmod.build_model(cfg)
         self.in_shape = tuple(self.data.X_train.shape[1:])
         self.manifest: Path | None = None
@@ -88,6 +164,9 @@ class _Session:
     def save(self, epoch: int, state: TrainState, evaluation: dict, **meta: Any) -> None:
         """Checkpoint ``state`` as ``epoch``, keeping the best evaluated one."""
         meta = {"evaluation": evaluation, "wall_time": self.wall(), "finished": False, **meta}
+        meta["fingerprint"] = self.fingerprint
+        if self.changes:
+            meta["resumed_with_changes"] = self.changes
         protect = (state.best.epoch,) if state.best is not None else ()
         self.manifest = ckpt.save_state(self.ckpt_dir, epoch, state, meta, protect=protect)
         self.meta = ckpt.read_manifest(self.manifest)["meta"]
@@ -97,7 +176,6 @@ class _Session:
         init_key, fit_key = jax.random.split(jax.random.key(self.cfg["seed"]))
         params = init_params(self.model.net, init_key, self.in_shape)[1]
         state = init_state(self.model.optimizer, params, fit_key)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
         cfgmod.write_config(self.run_dir / CONFIG_FILE, self.cfg)
         write_json(self.run_dir / DATA_FILE, {**self.data.stats, "input_shape": self.in_shape})
         self.log.start()
@@ -109,11 +187,37 @@ class _Session:
         )
         return state
 
-    def resumed(self) -> TrainState:
+    def check_changes(self, manifest: Path, allow_changed: bool) -> None:
+        """Refuse (:class:`RunError`, exit 2) a resume whose config or data differ from those the
+        checkpoint ``manifest`` was trained on; with ``allow_changed``, record the changes."""
+        try:
+            meta = ckpt.read_manifest(manifest)["meta"]
+        except ckpt.CheckpointError:
+            return  # loading it reports the problem
+        saved = meta.get("fingerprint")
+        self.changes = list(meta.get("resumed_with_changes", []))
+        if not isinstance(saved, dict):
+            return  # a checkpoint from before fingerprints
+        found = changes(saved, self.fingerprint)
+        if not found:
+            return
+        what = describe_changes(saved, self.fingerprint, found)
+        if not allow_changed:
+            raise RunError(
+                f"cannot resume {self.run_dir}: the run differs from the one checkpoint "
+                f"{manifest.name} was trained on: {what}. Undo the change, or resume with "
+                "--allow-changed to go on with the new values (recorded in the summary)",
+                exit_code=2,
+            )
+        self.out.write(f"resuming with changes (--allow-changed): {what}\n")
+        self.changes += [k for k in found if k not in self.changes]
+
+    def resumed(self, allow_changed: bool = False) -> TrainState:
         """The state of the newest checkpoint; the metrics log cut back to its epoch."""
         manifest = ckpt.latest(self.ckpt_dir)
         if manifest is None:
             raise RunError(f"--resume {self.run_dir}: no checkpoint in {self.ckpt_dir}")
+        self.check_changes(manifest, allow_changed)
         try:
             state = load_state(manifest, self.model, self.cfg, self.in_shape, optimizer=True)
         except RunError as e:
@@ -143,6 +247,8 @@ class _Session:
             metrics = {k: record[k] for k in METRIC_KEYS if k in record}
             self.save(epoch, state, _evaluation(epoch, record.get("eval_loss"), metrics))
         progress.update(record)
+        if self.signals.status is not None and not finished:
+            raise _Signalled(self.signals.status)
         if self.stop_after is not None and epoch >= self.stop_after and not finished:
             raise _StopRequested
 
@@ -176,6 +282,8 @@ class _Session:
             )  # fmt: skip
         except _StopRequested:
             return "stopped", {}
+        except _Signalled as e:
+            return e.status, {}
         except (TrainingDiverged, EvaluationNotFinite) as e:
             return "diverged", self._diverged(e)
         except KeyboardInterrupt:
@@ -200,6 +308,8 @@ class _Session:
         records = read_metrics(self.log.path)
         summary = summarize(self.cfg, self.run_dir, status, self.manifest, self.meta, self.wall())
         summary.update(resumed_from=self.resumed_from, **extra)
+        if self.changes:
+            summary["resumed_with_changes"] = self.changes
         try:
             plot = plot_curves(records, self.run_dir / PLOT_FILE, self.cfg["name"])
             summary["plot"] = str(plot) if plot is not None else None
@@ -217,41 +327,73 @@ def train(
     resume: bool = False,
     stop_after: int | None = None,
     out: TextIO | None = None,
+    allow_changed: bool = False,
 ) -> dict[str, Any]:
     """Run a resolved config in ``run_dir`` (fresh), or continue the run in ``run_dir`` (``resume``).
 
-    ``stop_after``: end the run after the first evaluation at an epoch >= this (status
-    ``"stopped"``, resumable). Prints progress and a summary to ``out``; returns the summary dict
-    (also written to ``summary.json``). Raises :class:`RunError` when the run cannot start.
+    A fresh ``run_dir`` (default: :func:`~jaxscratch.runs.rundir.default_run_dir`) must not exist
+    or be empty; it is locked while the run writes it (a second writer gets a :class:`RunError`
+    naming this process). ``stop_after``: end the run after the first evaluation at an epoch >=
+    this (status ``"stopped"``, resumable). ``allow_changed``: resume even though the config or
+    data differ from the checkpoint's (the changed keys go into ``resumed_with_changes``).
+    SIGINT/SIGTERM end the run at the next evaluation (status ``"interrupted"``/``"terminated"``).
+    Prints progress and a summary to ``out``; returns the summary dict (also written to
+    ``summary.json``). Raises :class:`RunError` when the run cannot start.
     """
     out = out if out is not None else sys.stdout
+    cfg, run_dir, created = _run_dir(cfg, run_dir, resume)
+    lock = RunLock(run_dir).acquire()
+    try:
+        if resume:
+            clean_temp_files(run_dir)
+            cfg = run_config(run_dir)  # again, now that no other process writes it
+        else:
+            check_empty(run_dir)
+        with x64(cfg), Signals() as signals:
+            session = _Session(cfg, run_dir, out, stop_after, signals)
+            if resume:
+                return _resume(session, allow_changed)
+            return session.finish(*session.fit(session.fresh()))
+    except BaseException:
+        if created and not (run_dir / CHECKPOINT_DIR).exists():
+            shutil.rmtree(run_dir, ignore_errors=True)  # a half-made run dir would block a rerun
+        raise
+    finally:
+        lock.release()
+
+
+def _run_dir(
+    cfg: dict[str, Any] | None, run_dir: str | Path | None, resume: bool
+) -> tuple[dict[str, Any], Path, bool]:
+    """``(config, run directory, whether this call created it)``: a resumed run's own config
+    (checking that ``run_dir`` is a run directory before a lock file goes into it), or a fresh
+    run's directory, created."""
     if resume:
         if run_dir is None:
             raise TypeError("train: resume=True needs the run_dir of the run to continue, got None")
-        run_dir = Path(run_dir)
-        cfg = run_config(run_dir)
-    else:
-        if cfg is None:
-            raise TypeError("train: a fresh run needs cfg (a resolved config), got None")
-        run_dir = Path(run_dir) if run_dir is not None else default_run_dir(cfg["name"])
-        if run_dir.exists() and any(run_dir.iterdir()):
-            raise RunError(
-                f"run directory {run_dir} exists and is not empty; continue it with "
-                f"`jaxscratch train --resume {run_dir}` or choose another --run-dir",
-                exit_code=2,
-            )
-    with x64(cfg):
-        session = _Session(cfg, run_dir, out, stop_after)
-        state = session.resumed() if resume else session.fresh()
-        if resume and session.meta.get("finished"):
-            out.write(f"run {run_dir} already finished at epoch {session.resumed_from}; "
-                      "nothing to resume\n")  # fmt: skip
-            return summarize(cfg, run_dir, "completed", session.manifest, session.meta,
-                             session.elapsed0)  # fmt: skip
-        if resume:
-            out.write(
-                f"resuming {cfg['name']} from epoch {state.epoch} ({session.manifest}); "
-                f"{cfg['epochs'] - state.epoch} epochs to go\n"
-            )
-        status, extra = session.fit(state)
-        return session.finish(status, extra)
+        return run_config(Path(run_dir)), Path(run_dir), False
+    if cfg is None:
+        raise TypeError("train: a fresh run needs cfg (a resolved config), got None")
+    path = Path(run_dir) if run_dir is not None else default_run_dir(cfg["name"])
+    return cfg, path, create_run_dir(path)
+
+
+def _resume(session: _Session, allow_changed: bool) -> dict[str, Any]:
+    """Continue the session's run from its newest checkpoint; a finished run is only completed
+    with the summary and plot it may lack."""
+    state = session.resumed(allow_changed)
+    cfg, run_dir, out = session.cfg, session.run_dir, session.out
+    if session.meta.get("finished"):
+        out.write(f"run {run_dir} already finished at epoch {session.resumed_from}; "
+                  "nothing to resume\n")  # fmt: skip
+        if not (run_dir / SUMMARY_FILE).is_file() or not (run_dir / PLOT_FILE).is_file():
+            out.write(f"writing its missing {SUMMARY_FILE} / {PLOT_FILE}\n")
+            session.t0 = time.perf_counter()
+            return session.finish("completed", {})
+        return summarize(cfg, run_dir, "completed", session.manifest, session.meta,
+                         session.elapsed0)  # fmt: skip
+    out.write(
+        f"resuming {cfg['name']} from epoch {state.epoch} ({session.manifest}); "
+        f"{cfg['epochs'] - state.epoch} epochs to go\n"
+    )
+    return session.finish(*session.fit(state))

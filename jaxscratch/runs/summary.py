@@ -61,8 +61,9 @@ def _headline(s: dict[str, Any]) -> str:
             f"diverged at epoch {d.get('epoch')}/{total}, batch {d.get('batch')}: loss "
             f"{d.get('loss')} (after {wall:.1f} s); the last good checkpoint is epoch {done}"
         )
-    if status == "interrupted":
-        return f"interrupted after epoch {done}/{total} ({wall:.1f} s){resume}"
+    if status in ("interrupted", "terminated"):
+        how = "interrupted (SIGINT)" if status == "interrupted" else "terminated (SIGTERM)"
+        return f"{how} after epoch {done}/{total} ({wall:.1f} s){resume}"
     return f"{status} after epoch {done}/{total} ({wall:.1f} s)"
 
 
@@ -91,5 +92,7 @@ def format_summary(summary: dict[str, Any]) -> str:
         lines.append(f"  checkpoint: {s['checkpoint']} (epoch {s['checkpoint_epoch']})")
     if s.get("plot"):
         lines.append(f"  plot: {s['plot']}")
+    if s.get("resumed_with_changes"):
+        lines.append(f"  resumed with changes: {', '.join(s['resumed_with_changes'])}")
     lines.append(f"  run dir: {s['run_dir']}")
     return "\n".join(lines)
