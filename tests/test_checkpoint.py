@@ -262,3 +262,96 @@ def test_sigkill_during_saves_leaves_a_valid_latest_checkpoint(tmp_path):
     np.testing.assert_array_equal(
         np.asarray(loaded.trees["params"]["W"]), np.arange(400_000) + loaded.epoch
     )
+
+
+# --- manifests confined to their directory; pruning that deletes only its own files -----------
+
+
+def _rewrite(manifest, **fields):
+    data = json.loads(manifest.read_text())
+    data.update(fields)
+    manifest.write_text(json.dumps(data))
+
+
+@pytest.mark.parametrize(
+    "name", ["../../outside.npz", "/tmp/outside.npz", "sub/epoch-000001.npz", "..", ""]
+)
+def test_a_manifest_may_only_name_a_file_beside_it(tmp_path, name):
+    d = tmp_path / "run" / "checkpoints"
+    m = checkpoint.save(d, 1, _trees())
+    outside = tmp_path / "outside.npz"
+    outside.write_bytes(m.with_suffix(".npz").read_bytes())  # a valid file, in the wrong place
+    _rewrite(m, file=name)
+    with pytest.raises(CheckpointError, match="not a file name in its own directory"):
+        checkpoint.load(m, _trees())
+
+
+def test_a_symlinked_npz_pointing_outside_is_refused(tmp_path):
+    d = tmp_path / "checkpoints"
+    m = checkpoint.save(d, 1, _trees())
+    npz = m.with_suffix(".npz")
+    target = tmp_path / "elsewhere.npz"
+    npz.rename(target)
+    npz.symlink_to(target)
+    with pytest.raises(CheckpointError, match="symlink .* outside"):
+        checkpoint.load(m, _trees())
+
+
+def test_a_manifest_whose_epoch_disagrees_with_its_name_is_refused(tmp_path):
+    m = checkpoint.save(tmp_path, 20, _trees())
+    _rewrite(m, epoch=45)
+    with pytest.raises(CheckpointError, match="says epoch 45, but its name says epoch 20"):
+        checkpoint.read_manifest(m)
+    _rewrite(m, epoch="20")
+    with pytest.raises(CheckpointError, match="not an integer"):
+        checkpoint.read_manifest(m)
+
+
+def test_a_state_epoch_past_the_checkpoint_epoch_is_refused(tmp_path):
+    state = _state(epoch=6, best_epoch=4)
+    m = checkpoint.save_state(tmp_path, 6, state)
+    data = json.loads(m.read_text())
+    data["meta"]["state_epoch"] = 31
+    m.write_text(json.dumps(data))
+    params = state.params
+    with pytest.raises(CheckpointError, match="state_epoch 31"):
+        checkpoint.load_state(m, params)
+
+
+def test_keep_must_be_a_positive_integer(tmp_path):
+    with pytest.raises(ValueError, match="checkpoint.save: keep must be an integer in"):
+        checkpoint.save(tmp_path, 1, _trees(), keep=0)
+    with pytest.raises(TypeError, match="keep must be an integer"):
+        checkpoint.save(tmp_path, 1, _trees(), keep=True)
+    assert checkpoint.manifests(tmp_path) == []
+
+
+def test_pruning_never_deletes_through_a_symlinked_directory(tmp_path):
+    theirs = tmp_path / "other_run"
+    for epoch in range(3):
+        checkpoint.save(theirs, epoch, _trees(), keep=None)
+    before = sorted(p.name for p in theirs.iterdir())
+    link = tmp_path / "checkpoints"
+    link.symlink_to(theirs, target_is_directory=True)
+    checkpoint.save(link, 3, _trees(), keep=1)
+    assert sorted(p.name for p in theirs.iterdir()) == sorted(
+        before + ["epoch-000003.json", "epoch-000003.npz"]
+    )
+
+
+def test_pruning_deletes_only_regular_files_a_manifest_of_the_directory_names(tmp_path):
+    d = tmp_path / "checkpoints"
+    m0 = checkpoint.save(d, 0, _trees(), keep=None)
+    m1 = checkpoint.save(d, 1, _trees(), keep=None)
+    # epoch 0's npz is a symlink to a file of the user's; epoch 1's manifest names another file
+    precious = tmp_path / "precious.npz"
+    m0.with_suffix(".npz").rename(precious)
+    m0.with_suffix(".npz").symlink_to(precious)
+    spare = d / "spare.npz"
+    spare.write_bytes(b"not a checkpoint of this run")
+    _rewrite(m1, file="../precious.npz")  # not confined: this manifest is left alone
+    checkpoint.save(d, 2, _trees(), keep=1)
+    assert precious.read_bytes()[:2] == b"PK" and spare.exists()
+    assert not m0.exists() and m0.with_suffix(".npz").is_symlink()  # the link is not followed
+    assert m1.exists() and m1.with_suffix(".npz").exists()
+    assert checkpoint.latest(d).name == "epoch-000002.json"
