@@ -300,3 +300,28 @@ def test_a_second_writer_is_refused_and_sigterm_leaves_a_run_that_resumes_bitwis
     whole = tmp_path / "whole"
     assert session.train(cfg, whole, out=io.StringIO())["status"] == "completed"
     assert _leaves(run) == _leaves(whole)
+
+
+@pytest.mark.subprocess
+def test_sigint_during_the_first_compilation_exits_130_with_a_resumable_run(tmp_path):
+    """Ctrl-C right after the header (the first period is compiling): no segfault, exit 130,
+    the first period checkpointed, and the run resumes to the end."""
+    epochs = 200
+    cfg_path = _config_file(tmp_path, epochs)
+    run = tmp_path / "run"
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1")
+    cmd = [sys.executable, "-m", "jaxscratch", "train", str(cfg_path), "--run-dir", str(run)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        _wait_for_line(proc, "run dir:")
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "interrupted" and 1 <= summary["epochs_done"] < epochs
+    resumed = session.train(run_dir=run, resume=True, out=io.StringIO())
+    assert resumed["status"] == "completed" and resumed["epochs_done"] == epochs
