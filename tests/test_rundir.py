@@ -207,6 +207,24 @@ def test_resume_with_an_edited_config_is_refused_naming_the_keys(tmp_path):
     assert meta["resumed_with_changes"] == ["optimizer.lr", "seed"]
 
 
+def test_the_cli_refuses_a_changed_resume_in_one_line_and_allow_changed_goes_on(tmp_path, capsys):
+    from jaxscratch.runs.cli import main
+
+    run = tmp_path / "run"
+    assert _train(tmp_path, run, stop_after=2)["status"] == "stopped"
+    text = (run / "config.toml").read_text()
+    (run / "config.toml").write_text(text.replace("lr = 0.01", "lr = 0.5"))
+    capsys.readouterr()
+    assert main(["train", "--resume", str(run)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "optimizer.lr: 0.01 -> 0.5" in err and "--allow-changed" in err
+    assert main(["train", "--allow-changed", str(_config_file(tmp_path))]) == 2
+    assert "--allow-changed only applies to --resume" in capsys.readouterr().err
+    assert main(["train", "--resume", str(run), "--allow-changed"]) == 0
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["resumed_with_changes"] == ["optimizer.lr"]
+
+
 def test_resume_with_changed_data_is_refused(tmp_path):
     run = tmp_path / "run"
     assert _train(tmp_path, run, stop_after=2)["status"] == "stopped"

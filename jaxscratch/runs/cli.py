@@ -11,8 +11,9 @@
 A user error (a bad argument, config, data file, run directory or checkpoint) is one line on
 stderr, ``jaxscratch COMMAND: message``, and an exit status, never a traceback. Exit status: 0
 success; 1 a failed run (diverged, corrupt or mismatched checkpoint, a failed gradient check); 2 a
-usage, config or data error; 130 interrupted (Ctrl-C; the last checkpoint is kept and the run can
-be resumed).
+usage, config or data error (a busy run directory, a resume of a changed config or data); 130
+interrupted by SIGINT (Ctrl-C), 143 by SIGTERM (the run stops at its next checkpoint, which is
+kept, and can be resumed).
 """
 
 from __future__ import annotations
@@ -54,6 +55,8 @@ def _train_usage(args: argparse.Namespace) -> str | None:
         return "give either a CONFIG.toml or --resume RUN_DIR, not both"
     if args.resume is not None and args.run_dir is not None:
         return "--run-dir is for new runs; --resume continues RUN_DIR in place"
+    if args.allow_changed and args.resume is None:
+        return "--allow-changed only applies to --resume RUN_DIR"
     if args.stop_after is not None and args.stop_after < 1:
         return f"--stop-after must be a positive epoch number, got {args.stop_after}"
     return None
@@ -69,7 +72,12 @@ def _train(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     try:
         if args.resume is not None:
-            summary = session.train(run_dir=args.resume, resume=True, stop_after=args.stop_after)
+            summary = session.train(
+                run_dir=args.resume,
+                resume=True,
+                stop_after=args.stop_after,
+                allow_changed=args.allow_changed,
+            )
         else:
             cfg = config.load_config(args.config)
             summary = session.train(cfg, args.run_dir, stop_after=args.stop_after)
@@ -115,8 +123,9 @@ per evaluation), checkpoints/ (the whole training state after every evaluation, 
 with sha256; the latest two and the best evaluated one are kept), loss_curves.png and
 summary.json (whose "final" numbers are those of the final checkpoint's params).
 
-exit status: 0 done (or stopped by --stop-after), 1 diverged or failed, 2 usage/config/data error,
-130 interrupted (resume with --resume RUN_DIR)."""
+exit status: 0 done (or stopped by --stop-after), 1 diverged or failed, 2 usage/config/data error
+(also: the run directory is busy, or a resume whose config or data changed), 130 interrupted
+(SIGINT), 143 terminated (SIGTERM); resume either with --resume RUN_DIR."""
 
 EVALUATE_EPILOG = """\
 --data takes a data set name (boston, mnist, fashion-mnist: its --split) or a .csv/.npz file laid
@@ -175,7 +184,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     t.add_argument(
         "--run-dir",
         metavar="DIR",
-        help="where to write the run (default: runs/<config name>-<YYYYmmdd-HHMMSS>); "
+        help="where to write the run (default: runs/<config name>-<YYYYmmdd-HHMMSS>-<6 hex>); "
         "must not hold an earlier run",
     )
     t.add_argument(
@@ -183,6 +192,12 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         metavar="RUN_DIR",
         help="continue the run in RUN_DIR from its last checkpoint; the metrics and parameters "
         "equal those of an uninterrupted run",
+    )
+    t.add_argument(
+        "--allow-changed",
+        action="store_true",
+        help="with --resume: go on although the config or the training data changed since the "
+        "checkpoint (the changes are recorded in the summary)",
     )
     t.add_argument(
         "--stop-after",
