@@ -10,6 +10,7 @@ import gzip
 import math
 import zlib
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
@@ -25,16 +26,55 @@ IDX_DTYPES: dict[int, np.dtype] = {
 
 
 def idx_bytes(path: Path) -> bytes:
-    """The IDX bytes of ``path``: gunzipped when the file starts with the gzip magic ``1f 8b``."""
-    data = path.read_bytes()
-    if data[:2] == b"\x1f\x8b":
-        try:
-            data = gzip.decompress(data)
-        except (OSError, EOFError, zlib.error) as e:
-            raise ValueError(
-                f"read_idx: {path} is a corrupt or truncated gzip file ({e})"
-            ) from None
-    return data
+    """The IDX bytes of ``path``: gunzipped when the file starts with the gzip magic ``1f 8b``.
+
+    Read as a stream and bounded by the header: after the magic number and dims, at most the
+    data bytes they declare plus one are read, so a small gzip that inflates far beyond what its
+    header declares is refused after that many bytes (never inflated whole). Raises
+    ``ValueError`` naming the path for a corrupt gzip stream or data beyond the declared size.
+    """
+    with open(path, "rb") as f:
+        gzipped = f.read(2) == b"\x1f\x8b"
+    try:
+        with gzip.open(path, "rb") if gzipped else open(path, "rb") as f:
+            return _bounded_read(f, path)
+    except (OSError, EOFError, zlib.error) as e:
+        if not gzipped:
+            raise
+        raise ValueError(f"read_idx: {path} is a corrupt or truncated gzip file ({e})") from None
+
+
+def _bounded_read(f: BinaryIO, path: Path) -> bytes:
+    """The header, then at most the declared data size + 1 bytes (see :func:`idx_bytes`)."""
+    head = f.read(4)
+    if len(head) < 4 or head[0] or head[1] or head[2] not in IDX_DTYPES or head[3] == 0:
+        return head  # parse_idx names what is wrong with it
+    dims_raw = f.read(4 * head[3])
+    if len(dims_raw) < 4 * head[3]:
+        return head + dims_raw
+    dims = tuple(int.from_bytes(dims_raw[i : i + 4], "big") for i in range(0, len(dims_raw), 4))
+    expected = math.prod(dims) * IDX_DTYPES[head[2]].itemsize
+    body = _read_at_most(f, expected + 1)
+    if len(body) > expected and f.read(1):
+        raise ValueError(
+            f"read_idx: {path} is too long: dims {dims} need {expected} data bytes after the "
+            f"{len(head) + len(dims_raw)}-byte header, the file holds more than {expected + 1} "
+            "(stopped reading there)"
+        )
+    return head + dims_raw + body
+
+
+def _read_at_most(f: BinaryIO, limit: int, chunk: int = 1 << 20) -> bytes:
+    """Up to ``limit`` bytes of ``f`` in chunks: memory follows what the file holds, not
+    ``limit`` (a header may declare exabytes)."""
+    parts, got = [], 0
+    while got < limit:
+        part = f.read(min(chunk, limit - got))
+        if not part:
+            break
+        parts.append(part)
+        got += len(part)
+    return b"".join(parts)
 
 
 def parse_idx(data: bytes, path: Path) -> np.ndarray:
