@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxscratch.core import Array, Params
+from jaxscratch.core import Array, Loss, Op, Params, apply
 from jaxscratch.validate import check_lr, is_number
 
 LR = float | Sequence[float] | Callable[[int], float]
@@ -55,9 +55,72 @@ def device_data(what: str, X: Any, y: Any) -> tuple[Array, Array]:
     if yh.ndim == 0 or Xh.shape[0] != yh.shape[0]:
         raise ValueError(f"fit: {what} X has {Xh.shape[0]} rows but y has shape {yh.shape}")
     for name, arr in (("X", Xh), ("y", yh)):
+        if np.issubdtype(arr.dtype, np.complexfloating) or not (
+            np.issubdtype(arr.dtype, np.number) or arr.dtype == np.bool_
+        ):
+            raise TypeError(
+                f"fit: {what} {name} must hold real numbers, got dtype {arr.dtype} "
+                "(complex and object arrays are refused)"
+            )
         if np.issubdtype(arr.dtype, np.floating) and not np.all(np.isfinite(arr)):
             raise ValueError(f"fit: {what} {name} holds NaN or infinite values")
     return to_device(X), to_device(y)
+
+
+#: losses whose 1-D targets are integer class ids into the last axis of the prediction
+ID_LOSSES = frozenset({"softmax_cross_entropy"})
+
+
+def check_targets(what: str, net: Op, loss: Loss, params: Params, X: Any, y: Any) -> None:
+    """Refuse targets that do not fit the network's output, on the host, before anything compiles.
+
+    The output shape comes from :func:`jax.eval_shape` of one row (nothing runs). For a loss in
+    :data:`ID_LOSSES`, 1-D targets must be integer class ids in ``0 .. k-1`` (``k``: the output
+    width); float ids, negative or too large ids are a ``ValueError`` naming the first bad row
+    and its value. Targets with the output's rank must have its trailing shape (a one-hot width
+    that differs from the output layer's is named).
+    """
+    Xh, yh = np.asarray(X), np.asarray(y)
+    row = jax.ShapeDtypeStruct((1, *Xh.shape[1:]), jax.dtypes.canonicalize_dtype(Xh.dtype))
+    try:
+        out = jax.eval_shape(lambda p, x: apply(net, p, x, train=False)[0], params, row)
+    except (TypeError, ValueError):
+        return  # the network refuses the input itself; fit's first call names why
+    if not hasattr(out, "shape") or len(out.shape) < 1:
+        return
+    out_tail = tuple(out.shape[1:])
+    if loss.name in ID_LOSSES and yh.ndim == 1 and len(out_tail) == 1:
+        _check_ids(what, yh, out_tail[0])
+    elif yh.ndim == len(out.shape) and tuple(yh.shape[1:]) != out_tail:
+        raise ValueError(
+            f"fit: {what} y has rows of shape {tuple(yh.shape[1:])} but the network outputs rows "
+            f"of shape {out_tail} (is the output layer {out_tail[-1] if out_tail else '?'} wide "
+            f"for targets {yh.shape[-1]} wide?)"
+        )
+
+
+def _check_ids(what: str, y: np.ndarray, k: int) -> None:
+    """1-D class ids: integers in ``0 .. k-1``; the first bad row and value named."""
+    if np.issubdtype(y.dtype, np.floating):
+        bad = np.flatnonzero(y != np.round(y))
+        if bad.size:
+            i = int(bad[0])
+            raise ValueError(
+                f"fit: {what} y[{i}] = {y[i]} is not an integer class id "
+                f"({bad.size} non-integer labels)"
+            )
+        raise TypeError(
+            f"fit: {what} y holds class ids as {y.dtype}; pass integers (y.astype(int))"
+        )
+    if y.dtype == np.bool_ or not np.issubdtype(y.dtype, np.integer):
+        raise TypeError(f"fit: {what} y must hold integer class ids, got dtype {y.dtype}")
+    bad = np.flatnonzero((y < 0) | (y >= k))
+    if bad.size:
+        i = int(bad[0])
+        raise ValueError(
+            f"fit: {what} y[{i}] = {y[i]} is not a class id of the network's {k} outputs "
+            f"(0..{k - 1}; {bad.size} labels out of range)"
+        )
 
 
 def lr_dtype(params: Params) -> np.dtype:

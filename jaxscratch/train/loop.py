@@ -19,7 +19,7 @@ from jax.sharding import Mesh
 from jaxscratch.core import Array, Loss, Op, Params
 from jaxscratch.optim.optimizers import Optimizer
 from jaxscratch.train import parallel
-from jaxscratch.train.inputs import LR, LearningRates, device_data, lr_dtype
+from jaxscratch.train.inputs import LR, LearningRates, check_targets, device_data, lr_dtype
 from jaxscratch.train.programs import Batching, evaluator, make_step, period_kernel, predict
 from jaxscratch.train.progress import ProgressLine
 from jaxscratch.train.state import (
@@ -95,8 +95,9 @@ def fit(
     * ``None``: never stops early. Reaching ``epochs`` keeps the last params under every policy.
 
     ``history.final_*`` always describe exactly the returned params (re-evaluated if needed).
-    A non-finite training loss raises :class:`~jaxscratch.train.state.TrainingDiverged` (``.state``:
-    after the last finite epoch); a non-finite eval loss or metric raises
+    A non-finite training loss, or params an update made non-finite (one ``isfinite`` reduction
+    per epoch inside the compiled period), raises :class:`~jaxscratch.train.state.TrainingDiverged`
+    naming the epoch and batch (``.state``: after the last finite epoch); a non-finite eval loss or metric raises
     :class:`~jaxscratch.train.state.EvaluationNotFinite`. ``callback(info)`` runs on the host after
     each period: ``epoch``, ``train_loss`` and ``lr`` (of its last epoch), ``period_train_loss``
     (each epoch's), ``eval_loss`` and each metric (when evaluated),
@@ -116,7 +117,7 @@ def fit(
     run = _Run.prepare(net, loss, optimizer, state, X, y, epochs, batch_size, lr, shuffle,
                        permutations, steps_per_epoch, replacement, step_mode, mesh)  # fmt: skip
     state = run.place(state)
-    score = _Scorer.make(net, loss, metrics, eval_data)
+    score = _Scorer.make(net, loss, metrics, eval_data, state.params)
     history = History()
     bad = stopping.missed(state.best, state.epoch, eval_every) if stopping is not None else 0
     line = ProgressLine(sys.stderr, epochs, state.epoch) if progress else None
@@ -219,6 +220,7 @@ class _Run:
         step_mode = check_choice("fit", "step_mode", step_mode, STEP_MODES)
         mesh = parallel.resolve_mesh(mesh)
         Xd, yd = device_data("training", X, y)
+        check_targets("training", net, loss, state.params, X, y)
         batching, rows = _batching(int(Xd.shape[0]), batch_size, shuffle, permutations,
                                    steps_per_epoch, replacement, epochs)  # fmt: skip
         if mesh is not None:
@@ -254,17 +256,11 @@ class _Run:
         """Train ``count`` epochs; record them in ``history``. Returns the new state, the params
         and optimizer state at the start of its last epoch, and the callback info so far."""
         first = state.epoch
-        p, s, p_prev, s_prev, losses = self._call(state.params, state.opt_state, state.key,
-                                                  first, count)  # fmt: skip
-        losses_h = np.asarray(losses)
-        bad = np.argwhere(~np.isfinite(losses_h))
-        if bad.size:
-            j, b = (int(v) for v in bad[0])
-            good = state
-            if j > 0:
-                gp, gs, *_ = self._call(state.params, state.opt_state, state.key, first, j)
-                good = state._replace(params=gp, opt_state=gs, epoch=first + j)
-            raise TrainingDiverged(first + j + 1, b + 1, float(losses_h[j, b]), good)
+        p, s, p_prev, s_prev, losses, finite = self._call(state.params, state.opt_state,
+                                                          state.key, first, count)  # fmt: skip
+        losses_h, finite_h = np.asarray(losses), np.asarray(finite)
+        if not (np.all(np.isfinite(losses_h)) and np.all(finite_h)):
+            raise self._diverged(state, losses_h, finite_h)
         sizes = self.batching.sizes()
         lrs = self.rates.rates(first, count)
         for j in range(count):
@@ -275,6 +271,32 @@ class _Run:
         info = {"epoch": state.epoch, "train_loss": history.train_loss[-1], "lr": lrs[-1],
                 "period_train_loss": history.train_loss[-count:]}  # fmt: skip
         return state, (p_prev, s_prev), info
+
+    def _diverged(self, state: TrainState, losses: np.ndarray, finite: np.ndarray):
+        """The TrainingDiverged of a period from ``state``: the first non-finite loss, or the
+        first batch whose update made the params non-finite (found by re-running that epoch
+        checked per batch), whichever came first; ``.state`` after the last good epoch."""
+        first, count = state.epoch, losses.shape[0]
+        bad_loss = np.argwhere(~np.isfinite(losses))
+        j_loss = int(bad_loss[0][0]) if bad_loss.size else count
+        bad_par = np.flatnonzero(~finite)
+        j_par = int(bad_par[0]) if bad_par.size else count
+        j = min(j_loss, j_par)
+        good = state
+        if j > 0:
+            gp, gs, *_ = self._call(state.params, state.opt_state, state.key, first, j)
+            good = state._replace(params=gp, opt_state=gs, epoch=first + j)
+        if j_loss < j_par:
+            b = int(bad_loss[0][1])
+            return TrainingDiverged(first + j + 1, b + 1, float(losses[j, b]), good)
+        rows = self.rows[first + j] if self.rows is not None else np.zeros((0,), np.int32)
+        lr = np.asarray(self.rates.rate(first + j), dtype=self.dtype)
+        vals, ok = self.kernel.probe(good.params, good.opt_state, self.Xd, self.yd,
+                                     np.int32(first + j), lr, rows, good.key)  # fmt: skip
+        vals, ok = np.asarray(vals), np.asarray(ok)
+        b = int(np.flatnonzero(~np.isfinite(vals) | ~ok)[0])
+        in_params = bool(np.isfinite(vals[b]))
+        return TrainingDiverged(first + j + 1, b + 1, float(vals[b]), good, in_params)
 
 
 def _batching(n, batch_size, shuffle, permutations, steps_per_epoch, replacement, epochs):
@@ -314,12 +336,13 @@ class _Scorer:
         self._evaluate, self.Xe, self.ye = evaluate, Xe, ye
 
     @classmethod
-    def make(cls, net, loss, metrics, eval_data) -> _Scorer | None:
+    def make(cls, net, loss, metrics, eval_data, params) -> _Scorer | None:
         if eval_data is None:
             return None
         if metrics is not None and not isinstance(metrics, dict):
             raise TypeError(f"fit: metrics must be a dict name -> fn, got {type(metrics).__name__}")
         Xe, ye = device_data("eval", *eval_data)
+        check_targets("eval", net, loss, params, *eval_data)
         return cls(evaluator(net, loss, tuple(sorted((metrics or {}).items()))), Xe, ye)
 
     def scores(self, params: Params) -> tuple[float, dict[str, float]]:

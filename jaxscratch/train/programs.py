@@ -147,14 +147,31 @@ def epoch_rows(b: Batching, epoch: Array, row: Array, data_key: Array | None):
 
 class Kernel(NamedTuple):
     """``run(params, state, X, y, epoch_ids, lrs, rows, key, mode) -> (params, state,
-    params_at_last_epoch_start, state_at_last_epoch_start, losses (epochs, batches))``."""
+    params_at_last_epoch_start, state_at_last_epoch_start, losses (epochs, batches),
+    finite (epochs,))``; ``finite[j]``: every param is finite after epoch ``j`` (one ``isfinite``
+    reduction per epoch, on the device).
+
+    ``probe(params, state, X, y, epoch_id, lr, row, key) -> (losses (batches,), finite
+    (batches,))``: one epoch with the check after every batch, compiled only to name the batch
+    at which a run's params stopped being finite."""
 
     scan: Callable[..., Any]
     stepwise: Callable[..., Any]
+    probe: Callable[..., Any]
 
     def run(self, params, state, X, y, epoch_ids, lrs, rows, key, mode: str):
         fn = self.stepwise if mode == "step" else self.scan
         return fn(params, state, X, y, epoch_ids, lrs, rows, key)
+
+
+def all_finite(tree: Any) -> Array:
+    """Traced: a boolean scalar, True when every floating leaf of ``tree`` is finite."""
+    flags = [
+        jnp.all(jnp.isfinite(leaf))
+        for leaf in jax.tree.leaves(tree)
+        if jnp.issubdtype(jnp.result_type(leaf), jnp.inexact)
+    ]
+    return jnp.all(jnp.stack(flags)) if flags else jnp.bool_(True)
 
 
 def _keys(net: Op, key):
@@ -189,26 +206,49 @@ def period_kernel(
         return params, state, value
 
     return Kernel(
-        _scan_runner(net, gathered_step, batching), _stepwise_runner(net, gathered_step, batching)
+        _scan_runner(net, gathered_step, batching),
+        _stepwise_runner(net, gathered_step, batching),
+        _probe_runner(net, gathered_step, batching),
     )
 
 
-def _scan_runner(net: Op, gathered_step: Callable, b_: Batching) -> Callable:
-    """The epochs of a period in one compiled call: a scan over epochs of scans over batches."""
+def _epoch_runner(gathered_step: Callable, b_: Batching, per_batch: bool) -> Callable:
+    """One epoch's batches: ``(params, state, losses (batches,)[, finite (batches,)])``."""
 
     def run_epoch(params, state, Xd, yd, rows, lr, epoch, drop_key):
         def body(carry, inp):
             b, idx = inp
             p, s, value = gathered_step(*carry, Xd, yd, idx, lr, _batch_key(drop_key, epoch, b))
-            return (p, s), value
+            return (p, s), ((value, all_finite(p)) if per_batch else value)
 
         full, last = rows
-        (params, state), losses = jax.lax.scan(body, (params, state), (jnp.arange(b_.steps), full))
+        (params, state), out = jax.lax.scan(body, (params, state), (jnp.arange(b_.steps), full))
         if last is not None:
             key = _batch_key(drop_key, epoch, b_.steps)
             params, state, value = gathered_step(params, state, Xd, yd, last, lr, key)
-            losses = jnp.concatenate([losses, value[None]])
-        return params, state, losses
+            tail = (value, all_finite(params)) if per_batch else value
+            out = jax.tree.map(lambda a, v: jnp.concatenate([a, v[None]]), out, tail)
+        return params, state, out
+
+    return run_epoch
+
+
+def _probe_runner(net: Op, gathered_step: Callable, b_: Batching) -> Callable:
+    """One epoch checked after every batch (see :class:`Kernel`)."""
+    run_epoch = _epoch_runner(gathered_step, b_, per_batch=True)
+
+    @jax.jit
+    def probe(params, state, Xd, yd, epoch, lr, perm_row, key):
+        data_key, drop_key = _keys(net, key)
+        rows = epoch_rows(b_, epoch, perm_row, data_key)
+        return run_epoch(params, state, Xd, yd, rows, lr, epoch, drop_key)[2]
+
+    return probe
+
+
+def _scan_runner(net: Op, gathered_step: Callable, b_: Batching) -> Callable:
+    """The epochs of a period in one compiled call: a scan over epochs of scans over batches."""
+    run_epoch = _epoch_runner(gathered_step, b_, per_batch=False)
 
     @jax.jit
     def scan(params, state, Xd, yd, epoch_ids, lrs, perm_rows, key):
@@ -219,11 +259,13 @@ def _scan_runner(net: Op, gathered_step: Callable, b_: Batching) -> Callable:
             e, lr_e, row = inp
             rows = epoch_rows(b_, e, row, data_key)
             p2, s2, losses = run_epoch(p, s, Xd, yd, rows, lr_e, e, drop_key)
-            return (p2, s2, p, s), losses
+            return (p2, s2, p, s), (losses, all_finite(p2))
 
         init = (params, state, params, state)
-        (p, s, p_prev, s_prev), losses = jax.lax.scan(body, init, (epoch_ids, lrs, perm_rows))
-        return p, s, p_prev, s_prev, losses
+        (p, s, p_prev, s_prev), (losses, finite) = jax.lax.scan(
+            body, init, (epoch_ids, lrs, perm_rows)
+        )
+        return p, s, p_prev, s_prev, losses, finite
 
     return scan
 
@@ -242,12 +284,13 @@ def _stepwise_runner(net: Op, gathered_step: Callable, b_: Batching) -> Callable
             idx = jax.lax.dynamic_index_in_dim(idx, b, keepdims=False)
         return gathered_step(params, state, Xd, yd, idx, lr, _batch_key(drop_key, epoch, b))
 
+    finite_fn = jax.jit(all_finite)
     batch_ids: list[Array] = []  # device scalars, made once: no host->device copy per step
 
     def stepwise(params, state, Xd, yd, epoch_ids, lrs, perm_rows, key):
         if not batch_ids:
             batch_ids.extend(jax.device_put([np.int32(b) for b in range(b_.steps + 1)]))
-        all_losses = []
+        all_losses, finite = [], []
         p_prev, s_prev = params, state
         for j in range(epoch_ids.shape[0]):
             p_prev, s_prev = params, state
@@ -260,6 +303,7 @@ def _stepwise_runner(net: Op, gathered_step: Callable, b_: Batching) -> Callable
                 params, state, v = batch_step(params, state, *args)
                 vals.append(v)
             all_losses.append(jnp.stack(vals))
-        return params, state, p_prev, s_prev, jnp.stack(all_losses)
+            finite.append(finite_fn(params))  # on the device: no host round trip
+        return params, state, p_prev, s_prev, jnp.stack(all_losses), jnp.stack(finite)
 
     return stepwise

@@ -92,14 +92,22 @@ class FitResult(NamedTuple):
 
 
 class TrainingDiverged(FloatingPointError):
-    """A non-finite training loss. ``.state``: the TrainState after the last finite epoch."""
+    """A non-finite training loss, or params that an update made non-finite
+    (``in_params=True``; ``loss`` is then that batch's finite loss). ``.state``: the TrainState
+    after the last epoch whose params were all finite."""
 
-    def __init__(self, epoch: int, batch: int, loss: float, state: TrainState):
+    def __init__(
+        self, epoch: int, batch: int, loss: float, state: TrainState, in_params: bool = False
+    ):
+        what = f"loss {loss}"
+        if in_params:
+            what = f"the update made the params non-finite (the batch's loss was {loss})"
         super().__init__(
-            f"fit: training diverged at epoch {epoch}, batch {batch}: loss {loss}; "
+            f"fit: training diverged at epoch {epoch}, batch {batch}: {what}; "
             f"the state after epoch {state.epoch} is in .state"
         )
         self.epoch, self.batch, self.loss, self.state = epoch, batch, loss, state
+        self.in_params = in_params
 
     @property
     def params(self) -> Params:
