@@ -274,6 +274,7 @@ def test_npz_classification_is_one_hot(tmp_path):
     raw = _raw(
         data={"name": "npz", "path": str(p), "task": "classification"},
         loss="softmax_cross_entropy",
+        layers=[{"type": "dense", "neurons": 3}],
     )
     ds = config.load_data(config.validate(raw, name="t"))
     assert ds.task == "classification" and ds.y_train.shape == (21, 3)

@@ -1,5 +1,6 @@
 """The ``jaxscratch`` command.
 
+* ``jaxscratch --version``: the package version.
 * ``jaxscratch gradcheck [OPS...]``: the gradient oracle over the op registry, a row per op as
   it finishes.
 * ``jaxscratch train CONFIG.toml [--run-dir DIR]``: a scripted training run (see
@@ -238,9 +239,12 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``jaxscratch`` argument parser with its three subcommands."""
+    from jaxscratch import __version__
+
     parser = argparse.ArgumentParser(
         prog="jaxscratch", description="Deep Learning from Scratch in JAX, gradients proven."
     )
+    parser.add_argument("--version", action="version", version=f"jaxscratch {__version__}")
     sub = parser.add_subparsers(
         dest="command", required=True, metavar="COMMAND", parser_class=_Parser
     )

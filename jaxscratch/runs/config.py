@@ -59,13 +59,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import jax
 import numpy as np
 
 from jaxscratch import fileio
-from jaxscratch.core import Loss, Op, serial
+from jaxscratch.core import Loss, Op, apply, init_params, serial
 from jaxscratch.optim.optimizers import Optimizer
 from jaxscratch.optim.schedules import Schedule
-from jaxscratch.runs.datasets import DATA_SETS, Dataset, check_data, data_task, load_data
+from jaxscratch.runs import datasets
+from jaxscratch.runs.datasets import DATA_SETS, Dataset, check_data, data_task
 from jaxscratch.runs.layers import LAYERS, activations, build_layer, check_layers
 from jaxscratch.runs.registry import (
     CLASSIFICATION_LOSSES,
@@ -118,6 +120,10 @@ __all__ = [
 STOPPING_POLICIES = ("best", "book", "off")
 
 
+#: the most epochs a config may ask for (a typo such as 1000000000 is an error, not a week's run)
+MAX_EPOCHS = 10**7
+
+
 def _stopping_check(key: str, value: Any) -> str:
     """``"best"``, ``"book"`` or ``"off"``; ``true`` means ``"best"``, ``false`` ``"off"``."""
     if isinstance(value, bool):
@@ -133,7 +139,9 @@ def _stopping_check(key: str, value: Any) -> str:
 TOP_LEVEL: dict[str, Field] = {
     "name": Field(name_check, None, "the run name (default: the config file name)"),
     "seed": Field(int_check(0), REQUIRED, "an integer >= 0"),
-    "epochs": Field(int_check(1), REQUIRED, "a positive integer"),
+    "epochs": Field(
+        int_check(1, MAX_EPOCHS), REQUIRED, f"a positive integer, at most {MAX_EPOCHS}"
+    ),
     "batch_size": Field(int_check(1), REQUIRED, "a positive integer"),
     "eval_every": Field(int_check(1), 10, "evaluate and checkpoint every N epochs"),
     "early_stopping": Field(_stopping_check, "best", "'best', 'book' or 'off'"),
@@ -199,6 +207,10 @@ def load_config(path: str | Path) -> dict[str, Any]:
         text = p.read_text(encoding="utf-8")
     except OSError as e:
         raise ConfigError(f"cannot read config {p}: {e.strerror or e}") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(
+            f"{p}: not a UTF-8 text file (byte 0x{e.object[e.start]:02x} at offset {e.start})"
+        ) from None
     try:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
@@ -208,6 +220,39 @@ def load_config(path: str | Path) -> dict[str, Any]:
         return validate(raw, name=stem, base_dir=p.resolve().parent)
     except ConfigError as e:
         raise ConfigError(f"{p}: {e}") from None
+
+
+def load_data(cfg: dict[str, Any]) -> Dataset:
+    """:func:`jaxscratch.runs.datasets.load_data`, then :func:`check_output_shape`: a config
+    whose last layer does not fit its targets fails here, before anything trains or is saved."""
+    ds = datasets.load_data(cfg)
+    check_output_shape(cfg, ds)
+    return ds
+
+
+def check_output_shape(cfg: dict[str, Any], ds: Dataset) -> None:
+    """``ValueError`` when the network's output rows differ from the data's target rows (an
+    output layer wider or narrower than the targets). Shapes only: nothing is computed."""
+    net, in_shape = build_net(cfg), tuple(ds.X_train.shape[1:])
+    row = jax.ShapeDtypeStruct((1, *in_shape), np.dtype(cfg["dtype"]))
+
+    def forward(key: jax.Array, x: Any) -> Any:
+        return apply(net, init_params(net, key, in_shape)[1], x, train=False)[0]
+
+    try:
+        out = jax.eval_shape(forward, jax.random.key(0), row)
+    except (TypeError, ValueError) as e:
+        raise ValueError(
+            f"layers: the network cannot take inputs of shape {in_shape}: {e}"
+        ) from None
+    got, want = tuple(out.shape[1:]), tuple(ds.y_train.shape[1:])
+    if got != want:
+        raise ValueError(
+            f"layers: the last layer outputs rows of shape {got}, but the {cfg['data']['name']} "
+            f"targets are rows of shape {want} (set the last layer's width to {want[-1]})"
+            if want
+            else f"layers: the network outputs rows of shape {got}, the targets are scalars"
+        )
 
 
 # ------------------------------------------------------------------------------------------------
