@@ -173,6 +173,9 @@ def read_npz(path: str | Path) -> dict[str, np.ndarray]:
     p = Path(path)
     with np.load(p, allow_pickle=False) as z:
         arrays = {k: z[k] for k in z.files}
+    for k, a in arrays.items():
+        if not (np.issubdtype(a.dtype, np.integer) or np.issubdtype(a.dtype, np.floating)):
+            raise ValueError(f"{p}: array {k} has dtype {a.dtype}; expected real numbers")
     names = set(arrays)
     if {"X_train", "y_train", "X_test", "y_test"} <= names:
         return {k: arrays[k] for k in ("X_train", "y_train", "X_test", "y_test")}
@@ -190,8 +193,15 @@ def _class_labels(y: np.ndarray, where: str) -> tuple[np.ndarray, tuple[int, ...
     if labels.size == 0:
         raise ValueError(f"{where}: no labels")
     if not np.issubdtype(labels.dtype, np.integer):
-        if not np.all(np.isfinite(labels)) or not np.all(labels == np.round(labels)):
-            raise ValueError(f"{where}: class labels must be integers (or one-hot float rows)")
+        if not np.issubdtype(labels.dtype, np.floating):
+            raise ValueError(f"{where}: class labels must be integers, got dtype {labels.dtype}")
+        bad = np.flatnonzero(~np.isfinite(labels) | (labels != np.round(labels)))
+        if bad.size:
+            i = int(bad[0])
+            raise ValueError(
+                f"{where}: class labels must be integers (or one-hot float rows); label "
+                f"{labels[i]} at index {i} is not ({bad.size} non-integer labels)"
+            )
         labels = labels.astype(np.int64)
     return labels, shape
 

@@ -189,7 +189,10 @@ def _train_test(spec: dict[str, Any], path: Path) -> tuple[tuple[np.ndarray, ...
 def _check_rows(path: Path, what: str, X: np.ndarray, y: np.ndarray) -> None:
     if X.shape[0] != y.shape[0] or X.shape[0] == 0:
         raise ValueError(f"{path}: {what} X has {X.shape[0]} rows, y has {y.shape[0]}")
-    if not np.issubdtype(X.dtype, np.number) or not np.all(np.isfinite(X)):
+    for name, a in (("features", X), ("targets", y)):
+        if not (np.issubdtype(a.dtype, np.integer) or np.issubdtype(a.dtype, np.floating)):
+            raise ValueError(f"{path}: {what} {name} have dtype {a.dtype}; expected real numbers")
+    if not np.all(np.isfinite(X)):
         raise ValueError(f"{path}: {what} features must be finite numbers")
 
 

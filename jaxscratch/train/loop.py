@@ -316,6 +316,7 @@ def _batching(n, batch_size, shuffle, permutations, steps_per_epoch, replacement
                 f"fit: permutations must be an integer array of shape ({epochs}, {n}), "
                 f"got {rows.dtype} {rows.shape}"
             )
+        _check_permutations(rows, n)
         steps, rem = divmod(n, min(batch_size, n))
         return Batching(n, min(batch_size, n), steps, rem, "rows"), rows.astype(np.int32)
     if replacement:
@@ -327,6 +328,18 @@ def _batching(n, batch_size, shuffle, permutations, steps_per_epoch, replacement
         return Batching(n, bs, steps_per_epoch, 0, order, stream=True), None
     steps, rem = divmod(n, bs)
     return Batching(n, bs, steps, rem, order), None
+
+
+def _check_permutations(rows: np.ndarray, n: int) -> None:
+    """Each row must be a permutation of ``0 .. n-1`` (a device gather would clamp an index out
+    of range and silently train on the wrong rows)."""
+    ok = np.sort(rows, axis=1) == np.arange(n)
+    if not ok.all():
+        e = int(np.flatnonzero(~ok.all(axis=1))[0])
+        raise ValueError(
+            f"fit: permutations[{e}] is not a permutation of 0..{n - 1} (each epoch's row must "
+            f"hold every index once; it holds values {rows[e].min()}..{rows[e].max()})"
+        )
 
 
 class _Scorer:

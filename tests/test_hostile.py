@@ -1,0 +1,360 @@
+"""Hostile and careless inputs (issue 12 items 3-4): each gives the clear error or the right result,
+and nothing the user had is lost. fit, the IDX reader and the ``jaxscratch`` command in-process."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import re
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+from fit_cases import NET, OPT, assert_trees_equal, data, init
+
+from jaxscratch.core import init_params, serial
+from jaxscratch.data import idx as idxmod
+from jaxscratch.data.idx import read_idx
+from jaxscratch.ops.dense import dense
+from jaxscratch.ops.losses import mean_squared_error, softmax_cross_entropy
+from jaxscratch.runs.cli import main
+from jaxscratch.train import TrainingDiverged, fit
+
+KEY = jax.random.key(0)
+
+# ------------------------------------------------------------------------------------------------
+# fit: params that stop being finite
+# ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["scan", "step"])
+def test_a_huge_lr_with_stopping_off_diverges_instead_of_completing(mode):
+    X, y = data(8)
+    y = y * 1e3  # gradients well above 1: 1e308 * g overflows
+    with pytest.raises(TrainingDiverged) as info:
+        fit(NET, mean_squared_error, OPT, init(), X, y, epochs=3, batch_size=8, lr=1e308,
+            stopping=None, key=KEY, step_mode=mode)  # fmt: skip
+    e = info.value
+    assert (e.epoch, e.batch, e.in_params, e.state.epoch) == (1, 1, True, 0)
+    assert np.isfinite(e.loss)  # the loss before the update was fine; the update was not
+    assert "epoch 1, batch 1: the update made the params non-finite" in str(e)
+    assert_trees_equal(e.params, init())
+
+
+def test_params_going_non_finite_mid_run_keep_the_last_finite_epoch():
+    X, y = data(12)
+    y = y * 1e3
+    lrs = [0.01, 0.01, 0.01, 1e308]  # epoch 4's update overflows
+    kw = dict(batch_size=12, key=KEY, stopping=None, eval_every=10)
+    with pytest.raises(TrainingDiverged) as info:
+        fit(NET, mean_squared_error, OPT, init(), X, y, epochs=4, lr=lrs, **kw)
+    e = info.value
+    assert (e.epoch, e.batch, e.in_params, e.state.epoch) == (4, 1, True, 3)
+    ref = fit(NET, mean_squared_error, OPT, init(), X, y, epochs=3, lr=lrs, **kw)
+    assert_trees_equal(e.params, ref.params)
+    leaves = jax.tree.leaves(e.params)
+    assert all(np.all(np.isfinite(np.asarray(x))) for x in leaves)
+
+
+# ------------------------------------------------------------------------------------------------
+# fit: targets and dtypes checked on the host
+# ------------------------------------------------------------------------------------------------
+
+CLS = serial(dense(3), name="hostile_three_classes")
+
+
+def _cls_fit(y, **kw):
+    X, _ = data(8)
+    params = init_params(CLS, KEY, (3,))[1]
+    return fit(CLS, softmax_cross_entropy, OPT, params, X, y, epochs=1, batch_size=4, key=KEY,
+               **kw)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "y, match",
+    [
+        (np.array([0, 1, 2, 3, 0, 1, 2, 0]), r"y\[3\] = 3 is not a class id of the network's 3"),
+        (np.array([0, 1, 2, 0, -1, 1, 2, 0]), r"y\[4\] = -1 is not a class id"),
+        (np.array([0, 1.5, 2, 0, 1, 1, 2, 0]), r"y\[1\] = 1.5 is not an integer class id"),
+        (
+            np.eye(4)[[0, 1, 2, 3, 0, 1, 2, 0]],
+            r"y has rows of shape \(4,\) but the network outputs .*\(3,\)",
+        ),
+    ],
+    ids=["id == k", "negative id", "float id", "one-hot width"],
+)
+def test_bad_class_targets_name_the_value_and_row(y, match):
+    with pytest.raises(ValueError, match="fit: training " + match):
+        _cls_fit(y)
+
+
+def test_bad_eval_labels_are_refused_before_training_not_a_quiet_nan():
+    X, _ = data(8)
+    good = np.array([0, 1, 2, 1, 0, 1, 2, 0])
+    with pytest.raises(ValueError, match=r"fit: eval y\[2\] = 7 is not a class id"):
+        _cls_fit(good, eval_data=(X, np.array([0, 1, 7, 1, 0, 1, 2, 0])))
+
+
+def test_integral_float_ids_are_a_type_error_that_says_what_to_pass():
+    with pytest.raises(TypeError, match=r"class ids as float64; pass integers"):
+        _cls_fit(np.array([0.0, 1, 2, 1, 0, 1, 2, 0]))
+
+
+@pytest.mark.parametrize("which", ["X", "y"])
+def test_complex_data_is_refused(which):
+    X, y = data(8)
+    X, y = (X + 1j, y) if which == "X" else (X, y + 0j)
+    with pytest.raises(
+        TypeError, match=f"fit: training {which} must hold real numbers, got dtype complex"
+    ):
+        fit(NET, mean_squared_error, OPT, init(), X, y, epochs=1, batch_size=4, key=KEY)
+
+
+def test_permutations_that_repeat_a_row_are_refused():
+    X, y = data(6)
+    perms = np.array([[0, 1, 2, 3, 4, 5], [0, 0, 2, 3, 4, 9]])
+    with pytest.raises(ValueError, match=r"permutations\[1\] is not a permutation of 0..5"):
+        fit(NET, mean_squared_error, OPT, init(), X, y, epochs=2, batch_size=3, permutations=perms)
+
+
+class _Stop(Exception):
+    pass
+
+
+def test_a_trillion_epochs_allocate_nothing_up_front():
+    # no per-epoch list is built: the first period runs at once (the callback then stops it)
+    X, y = data(8)
+    seen = []
+
+    def callback(info):
+        seen.append(info["epoch"])
+        raise _Stop
+
+    with pytest.raises(_Stop):
+        fit(NET, mean_squared_error, OPT, init(), X, y, epochs=10**12, batch_size=4, key=KEY,
+            lr=lambda e: 0.01, eval_data=(X, y), eval_every=1, stopping=None,
+            callback=callback)  # fmt: skip
+    assert seen == [1]
+
+
+# ------------------------------------------------------------------------------------------------
+# IDX: decompression bounded by the header
+# ------------------------------------------------------------------------------------------------
+
+
+def _header(dims, code=0x08):
+    return bytes([0, 0, code, len(dims)]) + b"".join(d.to_bytes(4, "big") for d in dims)
+
+
+def test_a_gzip_bomb_is_refused_after_the_declared_bytes(tmp_path, monkeypatch):
+    p = tmp_path / "bomb-idx1-ubyte.gz"
+    p.write_bytes(gzip.compress(_header((10,)) + b"\0" * (10 << 20)))  # 10 MB inflated
+    assert p.stat().st_size < 100_000
+    read = []
+    real_open = gzip.open
+
+    class Counting(io.RawIOBase):
+        def __init__(self, f):
+            self.f = f
+
+        def read(self, n=-1):
+            b = self.f.read(n)
+            read.append(len(b))
+            return b
+
+        def close(self):
+            self.f.close()
+
+    monkeypatch.setattr(idxmod.gzip, "open", lambda *a, **k: Counting(real_open(*a, **k)))
+    with pytest.raises(ValueError, match=rf"read_idx: {p} is too long: dims \(10,\) need 10 data"):
+        read_idx(p)
+    assert sum(read) <= len(_header((10,))) + 10 + 2  # the declared bytes, one more, one probe
+
+
+def test_a_header_declaring_exabytes_is_truncated_not_a_memory_error(tmp_path):
+    p = tmp_path / "huge-idx3-ubyte"
+    p.write_bytes(_header((2**32 - 1, 2**32 - 1, 2**32 - 1)) + b"\0" * 100)
+    with pytest.raises(ValueError, match=f"read_idx: {p} is truncated"):
+        read_idx(p)
+
+
+def test_one_trailing_byte_is_still_counted_exactly(tmp_path):
+    p = tmp_path / "x-idx1-ubyte.gz"
+    p.write_bytes(gzip.compress(_header((3,)) + b"\1\2\3\4"))
+    with pytest.raises(ValueError, match="too long.*holds 4"):
+        read_idx(p)
+    p.write_bytes(gzip.compress(_header((3,)) + b"\1\2\3"))
+    np.testing.assert_array_equal(read_idx(p), [1, 2, 3])
+
+
+# ------------------------------------------------------------------------------------------------
+# The command: one line on stderr, a documented exit status, nothing lost
+# ------------------------------------------------------------------------------------------------
+
+BASE = """\
+seed = 7
+epochs = 2
+batch_size = 64
+eval_every = 1
+early_stopping = false
+loss = "mean_squared_error"
+
+[data]
+name = "boston"
+
+[[layers]]
+type = "dense"
+neurons = 1
+
+[optimizer]
+name = "sgd"
+lr = 0.01
+"""
+
+
+def _cfg(tmp_path: Path, text: str = BASE, **subs: str) -> Path:
+    for old, new in subs.items():
+        assert old in text
+        text = text.replace(old, new)
+    p = tmp_path / "c.toml"
+    p.write_text(text)
+    return p
+
+
+def _run(capsys, *argv) -> tuple[int, str]:
+    code = main([str(a) for a in argv])
+    err = capsys.readouterr().err
+    return code, err
+
+
+def _one_line(err: str) -> str:
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    return err
+
+
+def test_cli_huge_lr_with_stopping_off_exits_1_and_keeps_the_finite_checkpoint(tmp_path, capsys):
+    run = tmp_path / "run"
+    code, err = _run(capsys, "train", _cfg(tmp_path, **{"lr = 0.01": "lr = 1e308"}),
+                     "--run-dir", run)  # fmt: skip
+    assert code == 1
+    assert "diverged at epoch 1, batch 1" in _one_line(err)
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "diverged"
+    with np.load(run / "checkpoints" / "epoch-000000.npz") as z:
+        assert all(np.all(np.isfinite(z[k])) for k in z.files if z[k].dtype.kind == "f")
+
+
+@pytest.mark.parametrize(
+    "content, match",
+    [
+        (b"seed = 7\n\xff\xfe = 1\n", r"c.toml: not a UTF-8 text file \(byte 0xff at offset 9\)"),
+        (b"seed = = 7\n", r"c.toml: not valid TOML"),
+    ],
+    ids=["non-utf8", "bad toml"],
+)
+def test_cli_unreadable_configs_are_one_line_exit_2(tmp_path, capsys, content, match):
+    p = tmp_path / "c.toml"
+    p.write_bytes(content)
+    code, err = _run(capsys, "train", p, "--run-dir", tmp_path / "run")
+    assert code == 2 and not (tmp_path / "run").exists()
+    assert err.startswith("jaxscratch train: config error: ")
+    assert re.search(match, _one_line(err))
+
+
+def test_cli_missing_config_and_directory_config(tmp_path, capsys):
+    code, err = _run(capsys, "train", tmp_path / "missing.toml")
+    assert code == 2 and f"cannot read config {tmp_path / 'missing.toml'}" in _one_line(err)
+    code, err = _run(capsys, "train", tmp_path)
+    assert code == 2 and f"cannot read config {tmp_path}: Is a directory" in _one_line(err)
+
+
+def test_cli_run_dir_that_is_a_file_is_refused_and_untouched(tmp_path, capsys):
+    f = tmp_path / "notes.txt"
+    f.write_text("mine")
+    code, err = _run(capsys, "train", _cfg(tmp_path), "--run-dir", f)
+    assert code == 2 and f"{f} exists and is not a directory" in _one_line(err)
+    code, err = _run(capsys, "train", "--resume", f)
+    assert code == 2 and str(f) in _one_line(err)
+    assert f.read_text() == "mine"
+
+
+def test_cli_existing_run_dir_is_not_overwritten(tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "keep.txt").write_text("mine")
+    code, err = _run(capsys, "train", _cfg(tmp_path), "--run-dir", run)
+    assert code == 2 and str(run) in _one_line(err)
+    assert [p.name for p in run.iterdir()] == ["keep.txt"] and (
+        run / "keep.txt"
+    ).read_text() == "mine"
+
+
+def test_cli_evaluate_names_the_missing_checkpoint_path(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert (
+        _run(capsys, "train", _cfg(tmp_path, **{"epochs = 2": "epochs = 1"}), "--run-dir", run)[0]
+        == 0
+    )
+    missing = tmp_path / "nonexistent.json"
+    code, err = _run(capsys, "evaluate", run, "--checkpoint", missing)
+    assert code == 2 and f"checkpoint {missing}: no such file" in _one_line(err)
+    assert "no checkpoint in" not in err
+
+
+def test_cli_a_billion_epochs_is_a_config_error(tmp_path, capsys):
+    code, err = _run(capsys, "train", _cfg(tmp_path, **{"epochs = 2": "epochs = 1000000000"}),
+                     "--run-dir", tmp_path / "run")  # fmt: skip
+    assert code == 2 and "epochs: value must be an integer in [1, " in _one_line(err)
+    assert "got 1000000000" in err and not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("neurons", [3, 0])
+def test_cli_output_layer_that_does_not_fit_the_targets_leaves_no_run_dir(
+    tmp_path, capsys, neurons
+):
+    text = BASE.replace("neurons = 1", f"neurons = {neurons}")
+    if neurons == 0:  # narrower: a hidden layer, then none at all for the single target
+        text = BASE.replace('[[layers]]\ntype = "dense"\nneurons = 1\n',
+                            '[[layers]]\ntype = "dense"\nneurons = 2\n')  # fmt: skip
+    run = tmp_path / "run"
+    code, err = _run(capsys, "train", _cfg(tmp_path, text), "--run-dir", run)
+    width = 3 if neurons == 3 else 2
+    assert code == 2, err
+    assert f"the last layer outputs rows of shape ({width},), but the boston targets are rows " \
+           "of shape (1,)" in _one_line(err)  # fmt: skip
+    assert not run.exists()  # neither a fresh run nor a resume is blocked by a half-made dir
+    assert _run(capsys, "train", _cfg(tmp_path), "--run-dir", run)[0] == 0
+
+
+def test_cli_version_and_allow_changed_usage(tmp_path, capsys):
+    from jaxscratch import __version__
+
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out.strip() == f"jaxscratch {__version__}"
+    code, err = _run(capsys, "train", _cfg(tmp_path), "--allow-changed")
+    assert code == 2 and "--allow-changed only applies to --resume" in _one_line(err)
+
+
+# ------------------------------------------------------------------------------------------------
+# Loaders: dtypes and labels at the config level
+# ------------------------------------------------------------------------------------------------
+
+
+def test_an_npz_of_complex_arrays_is_refused(tmp_path):
+    from jaxscratch.data.tables import read_npz
+
+    p = tmp_path / "c.npz"
+    np.savez(p, X=np.ones((4, 2)) + 1j, y=np.ones(4))
+    with pytest.raises(ValueError, match=f"{p}: array X has dtype complex128; expected real"):
+        read_npz(p)
+
+
+def test_non_integer_float_labels_name_the_value_and_index():
+    from jaxscratch.data.tables import encode_targets
+
+    with pytest.raises(ValueError, match=r"where: .*label 2.5 at index 2 is not \(1 non-integer"):
+        encode_targets("classification", np.array([0.0, 1.0, 2.5, 1.0]), 3, "where")
+    with pytest.raises(ValueError, match=r"label 3 at index 1 is outside 0..2"):
+        encode_targets("classification", np.array([0, 3, 1]), 3, "where")
