@@ -239,12 +239,12 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``jaxscratch`` argument parser with its three subcommands."""
-    from jaxscratch import __version__
-
+    # the package is imported whenever this module is (read here: runs may not import upward)
+    version = getattr(sys.modules.get("jaxscratch"), "__version__", "unknown")
     parser = argparse.ArgumentParser(
         prog="jaxscratch", description="Deep Learning from Scratch in JAX, gradients proven."
     )
-    parser.add_argument("--version", action="version", version=f"jaxscratch {__version__}")
+    parser.add_argument("--version", action="version", version=f"jaxscratch {version}")
     sub = parser.add_subparsers(
         dest="command", required=True, metavar="COMMAND", parser_class=_Parser
     )
