@@ -10,7 +10,7 @@ import gzip
 import math
 import zlib
 from pathlib import Path
-from typing import BinaryIO
+from typing import Protocol
 
 import numpy as np
 
@@ -23,6 +23,10 @@ IDX_DTYPES: dict[int, np.dtype] = {
     0x0D: np.dtype(">f4"),  # float
     0x0E: np.dtype(">f8"),  # double
 }
+
+
+class _Readable(Protocol):
+    def read(self, size: int = -1, /) -> bytes: ...
 
 
 def idx_bytes(path: Path) -> bytes:
@@ -44,7 +48,7 @@ def idx_bytes(path: Path) -> bytes:
         raise ValueError(f"read_idx: {path} is a corrupt or truncated gzip file ({e})") from None
 
 
-def _bounded_read(f: BinaryIO, path: Path) -> bytes:
+def _bounded_read(f: _Readable, path: Path) -> bytes:
     """The header, then at most the declared data size + 1 bytes (see :func:`idx_bytes`)."""
     head = f.read(4)
     if len(head) < 4 or head[0] or head[1] or head[2] not in IDX_DTYPES or head[3] == 0:
@@ -64,7 +68,7 @@ def _bounded_read(f: BinaryIO, path: Path) -> bytes:
     return head + dims_raw + body
 
 
-def _read_at_most(f: BinaryIO, limit: int, chunk: int = 1 << 20) -> bytes:
+def _read_at_most(f: _Readable, limit: int, chunk: int = 1 << 20) -> bytes:
     """Up to ``limit`` bytes of ``f`` in chunks: memory follows what the file holds, not
     ``limit`` (a header may declare exabytes)."""
     parts, got = [], 0
