@@ -358,3 +358,13 @@ def test_non_integer_float_labels_name_the_value_and_index():
         encode_targets("classification", np.array([0.0, 1.0, 2.5, 1.0]), 3, "where")
     with pytest.raises(ValueError, match=r"label 3 at index 1 is outside 0..2"):
         encode_targets("classification", np.array([0, 3, 1]), 3, "where")
+
+
+def test_a_learning_rate_that_overflows_float32_params_is_named():
+    X, y = data(8)
+    params = jax.tree.map(lambda a: a.astype(np.float32), init())
+    with pytest.raises(
+        ValueError, match=r"learning rate 1e\+308 of epoch 1 overflows the params' float32"
+    ):
+        fit(NET, mean_squared_error, OPT, params, X.astype(np.float32), y.astype(np.float32),
+            epochs=1, batch_size=8, lr=1e308, key=KEY)  # fmt: skip

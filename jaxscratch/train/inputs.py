@@ -176,3 +176,18 @@ class LearningRates:
 
     def rates(self, first: int, count: int) -> list[float]:
         return [self.rate(e) for e in range(first, first + count)]
+
+    def array(self, first: int, count: int, dtype: np.dtype) -> np.ndarray:
+        """:meth:`rates` as an array of the params' ``dtype``; a rate that overflows it (1e308
+        for float32 params) is a ``ValueError``, not a silent ``inf``."""
+        rates = self.rates(first, count)
+        with np.errstate(over="ignore"):
+            arr = np.asarray(rates, dtype=dtype)
+        bad = np.flatnonzero(~np.isfinite(arr))
+        if bad.size:
+            e = first + int(bad[0])
+            raise ValueError(
+                f"fit: the learning rate {rates[int(bad[0])]} of epoch {e + 1} overflows the "
+                f"params' {np.dtype(dtype).name}"
+            )
+        return arr

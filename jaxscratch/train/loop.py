@@ -245,7 +245,7 @@ class _Run:
     def _call(self, params, opt_state, key, first: int, count: int):
         # host-built inputs: no eager device ops (each would compile a small program)
         ids = np.arange(first, first + count, dtype=np.int32)
-        lrs = np.asarray(self.rates.rates(first, count), dtype=self.dtype)
+        lrs = self.rates.array(first, count, self.dtype)
         if self.rows is not None:
             rows = self.rows[first : first + count]
         else:  # an empty row per epoch keeps one scan signature
@@ -290,7 +290,7 @@ class _Run:
             b = int(bad_loss[0][1])
             return TrainingDiverged(first + j + 1, b + 1, float(losses[j, b]), good)
         rows = self.rows[first + j] if self.rows is not None else np.zeros((0,), np.int32)
-        lr = np.asarray(self.rates.rate(first + j), dtype=self.dtype)
+        lr = self.rates.array(first + j, 1, self.dtype)[0]
         vals, ok = self.kernel.probe(good.params, good.opt_state, self.Xd, self.yd,
                                      np.int32(first + j), lr, rows, good.key)  # fmt: skip
         vals, ok = np.asarray(vals), np.asarray(ok)
