@@ -80,8 +80,9 @@ def check_targets(what: str, net: Op, loss: Loss, params: Params, X: Any, y: Any
     and its value. Targets with the output's rank must have its trailing shape (a one-hot width
     that differs from the output layer's is named).
     """
-    Xh, yh = np.asarray(X), np.asarray(y)
-    row = jax.ShapeDtypeStruct((1, *Xh.shape[1:]), jax.dtypes.canonicalize_dtype(Xh.dtype))
+    x_shape, y_shape = np.shape(X), np.shape(y)  # shapes only: no copy of device arrays
+    x_dtype = X.dtype if hasattr(X, "dtype") else np.asarray(X).dtype
+    row = jax.ShapeDtypeStruct((1, *x_shape[1:]), jax.dtypes.canonicalize_dtype(x_dtype))
     try:
         out = jax.eval_shape(lambda p, x: apply(net, p, x, train=False)[0], params, row)
     except (TypeError, ValueError):
@@ -89,13 +90,13 @@ def check_targets(what: str, net: Op, loss: Loss, params: Params, X: Any, y: Any
     if not hasattr(out, "shape") or len(out.shape) < 1:
         return
     out_tail = tuple(out.shape[1:])
-    if loss.name in ID_LOSSES and yh.ndim == 1 and len(out_tail) == 1:
-        _check_ids(what, yh, out_tail[0])
-    elif yh.ndim == len(out.shape) and tuple(yh.shape[1:]) != out_tail:
+    if loss.name in ID_LOSSES and len(y_shape) == 1 and len(out_tail) == 1:
+        _check_ids(what, np.asarray(y), out_tail[0])
+    elif len(y_shape) == len(out.shape) and tuple(y_shape[1:]) != out_tail:
         raise ValueError(
-            f"fit: {what} y has rows of shape {tuple(yh.shape[1:])} but the network outputs rows "
+            f"fit: {what} y has rows of shape {tuple(y_shape[1:])} but the network outputs rows "
             f"of shape {out_tail} (is the output layer {out_tail[-1] if out_tail else '?'} wide "
-            f"for targets {yh.shape[-1]} wide?)"
+            f"for targets {y_shape[-1]} wide?)"
         )
 
 
