@@ -239,9 +239,10 @@ def test_cli_huge_lr_with_stopping_off_exits_1_and_keeps_the_finite_checkpoint(t
     code, err = _run(capsys, "train", _cfg(tmp_path, **{"lr = 0.01": "lr = 1e308"}),
                      "--run-dir", run)  # fmt: skip
     assert code == 1
-    assert "diverged at epoch 1, batch 1" in _one_line(err)
+    line = _one_line(err)
+    assert "diverged at epoch 1, batch 1: the update made the params non-finite" in line, line
     summary = json.loads((run / "summary.json").read_text())
-    assert summary["status"] == "diverged"
+    assert summary["status"] == "diverged" and summary["diverged"]["in_params"] is True
     with np.load(run / "checkpoints" / "epoch-000000.npz") as z:
         assert all(np.all(np.isfinite(z[k])) for k in z.files if z[k].dtype.kind == "f")
 

@@ -297,7 +297,9 @@ class _Session:
         where = f"kept the last good checkpoint {self.manifest} (epoch {self.meta['state_epoch']})"
         if isinstance(e, TrainingDiverged):
             d: dict[str, Any] = {"epoch": e.epoch, "batch": e.batch, "loss": e.loss}
-            msg = f"training diverged at epoch {e.epoch}, batch {e.batch}: loss {e.loss}; {where}"
+            d["in_params"] = bool(getattr(e, "in_params", False))
+            what = "the update made the params non-finite" if d["in_params"] else f"loss {e.loss}"
+            msg = f"training diverged at epoch {e.epoch}, batch {e.batch}: {what}; {where}"
         else:
             d = {"epoch": e.epoch, "batch": None, "loss": e.value}
             msg = f"evaluation after epoch {e.epoch} gave {e.name} = {e.value}; {where}"
