@@ -12,7 +12,7 @@ from jaxscratch.ops.dense import dense
 from jaxscratch.ops.losses import mean_squared_error, softmax_cross_entropy
 from jaxscratch.optim.optimizers import sgd, sgd_momentum
 from jaxscratch.optim.schedules import exponential_decay, linear_decay
-from jaxscratch.train import TrainingDiverged, fit, predict
+from jaxscratch.train import fit, predict
 
 
 def _blobs(n_per_class: int = 100, k: int = 4, dim: int = 6, seed: int = 0, noise_seed: int = 0):
@@ -152,11 +152,12 @@ def test_fit_refuses_dropout_without_key():
 
 
 def test_out_of_range_labels_in_training_are_not_silent():
-    """Under jit the loss cannot raise on label values; it turns NaN and fit reports it."""
+    """fit checks class ids on the host before training: the bad row and value are named (under
+    jit the loss could not raise; it would turn NaN)."""
     X, y = _blobs(n_per_class=10, k=3, dim=4)
     y = y.copy()
     y[7] = 3  # a fourth class for a 3-way output
     net = dense(3, "linear")
     _, params = init_params(net, jax.random.key(0), (4,))
-    with pytest.raises(TrainingDiverged):
+    with pytest.raises(ValueError, match=r"fit: training y\[7\] = 3 is not a class id"):
         fit(net, softmax_cross_entropy, sgd(), params, X, y, epochs=1, batch_size=10, shuffle=False)
