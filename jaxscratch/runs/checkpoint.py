@@ -79,8 +79,6 @@ def leaf_names(name: str, tree: Any) -> list[tuple[str, Any]]:
 
 
 _file_sha256 = fileio.file_sha256  # a module attribute, so a test can make it fail
-#: Kept for the experiments that still import it from here; use jaxscratch.fileio.
-write_json_atomic = fileio.write_json_atomic
 
 
 def _array_sha256(a: np.ndarray) -> str:
