@@ -19,7 +19,7 @@ model; everything else stays importable from its subpackage (the layers, bottom 
 * :mod:`jaxscratch.runs`: TOML configs, run directories, checkpoints, the CLI
 """
 
-from jaxscratch.core import Loss, Op, init_params, register, serial
+from jaxscratch.core import Loss, Op, init_params, register, register_loss, serial
 from jaxscratch.ops.conv import conv2d, conv_layer
 from jaxscratch.ops.dense import dense
 from jaxscratch.ops.dropout import dropout
@@ -72,6 +72,7 @@ __all__ = [
     "mean_squared_error",
     "predict",
     "register",
+    "register_loss",
     "rmse",
     "rmsprop",
     "rnn_layer",

@@ -79,30 +79,52 @@ _REGISTRY: dict[str, Entry] = {}
 _LOSSES: dict[str, LossEntry] = {}
 
 
-def register(op: Op, example: Example | None = None, *, name: str | None = None) -> Op:
+def register(
+    op: Op, example: Example | None = None, *, name: str | None = None, replace: bool = False
+) -> Op:
     """Add ``op`` to the registry under ``name`` (default ``op.name``) and return it unchanged.
 
     ``example(key)`` must return ``(params, x)`` in float64 with non-square shapes and inputs kept
-    away from kinks; the oracle checks the op on it. Registering a second, different op under a
-    taken name is a ``ValueError``.
+    away from kinks; the oracle checks the op on it. Registering the same op object again is a
+    no-op. Registering a *different* op under a taken name is a ``ValueError`` unless
+    ``replace=True`` (a notebook cell or a plugin module run a second time in one process), which
+    replaces the entry.
     """
     if not isinstance(op, Op):
         raise TypeError(f"register: expected an Op, got {type(op).__name__}")
+    if not isinstance(replace, bool):
+        raise TypeError(f"register: replace must be True or False, got {replace!r}")
     key = name or op.name
-    if key in _REGISTRY and _REGISTRY[key].op is not op:
-        raise ValueError(f"register: the name {key!r} is already registered")
+    if key in _REGISTRY and _REGISTRY[key].op is not op and not replace:
+        raise ValueError(_taken("register", "op", key))
     _REGISTRY[key] = Entry(op, example)
     return op
 
 
+def _taken(fn: str, what: str, key: str) -> str:
+    return (
+        f"{fn}: the name {key!r} is already registered to another {what}; pass replace=True to "
+        "replace it (e.g. when re-running a notebook cell), or choose another name"
+    )
+
+
 def register_loss(
-    loss: Loss, example: Callable[[Array], tuple[Array, Array]] | None = None
+    loss: Loss,
+    example: Callable[[Array], tuple[Array, Array]] | None = None,
+    *,
+    replace: bool = False,
 ) -> Loss:
-    """Add ``loss`` to the loss registry with ``example(key) -> (pred, target)``; returns it."""
+    """Add ``loss`` to the loss registry with ``example(key) -> (pred, target)``; returns it.
+
+    A different loss under a taken name is a ``ValueError`` unless ``replace=True``
+    (see :func:`register`).
+    """
     if not isinstance(loss, Loss):
         raise TypeError(f"register_loss: expected a Loss, got {type(loss).__name__}")
-    if loss.name in _LOSSES and _LOSSES[loss.name].loss is not loss:
-        raise ValueError(f"register_loss: the name {loss.name!r} is already registered")
+    if not isinstance(replace, bool):
+        raise TypeError(f"register_loss: replace must be True or False, got {replace!r}")
+    if loss.name in _LOSSES and _LOSSES[loss.name].loss is not loss and not replace:
+        raise ValueError(_taken("register_loss", "loss", loss.name))
     _LOSSES[loss.name] = LossEntry(loss, example)
     return loss
 

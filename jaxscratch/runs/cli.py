@@ -1,8 +1,9 @@
 """The ``jaxscratch`` command.
 
 * ``jaxscratch --version``: the package version.
-* ``jaxscratch gradcheck [OPS...]``: the gradient oracle over the op registry, a row per op as
-  it finishes.
+* ``jaxscratch gradcheck [OPS...] [--import MODULE]``: the gradient oracle over the op registry
+  (and over the ops a plugin module registers), a row per op as it finishes.
+* ``jaxscratch list [--import MODULE] [--json]``: every name a config may use.
 * ``jaxscratch train CONFIG.toml [--run-dir DIR]``: a scripted training run (see
   :mod:`jaxscratch.runs.config` for the file, :mod:`jaxscratch.runs.rundir` for the run directory).
 * ``jaxscratch train --resume RUN_DIR``: continue a run from its last checkpoint.
@@ -31,12 +32,32 @@ def _error(command: str, message: str) -> None:
     print(f"jaxscratch {command}: {message}", file=sys.stderr)
 
 
+def _import_plugins(entries: list[str] | None) -> list[str]:
+    """Import ``--import`` modules (names looked up in the working directory, then on
+    ``sys.path``, or .py files); the names of the ops and losses they registered."""
+    from pathlib import Path
+
+    from jaxscratch.core import registered, registered_losses
+    from jaxscratch.runs.plugins import import_module
+
+    before = set(registered()) | set(registered_losses())
+    for entry in entries or []:
+        import_module(entry, [str(Path.cwd())])
+    after = list(registered()) + list(registered_losses())
+    return [k for k in after if k not in before]
+
+
 def _gradcheck(args: argparse.Namespace) -> int:
     """The oracle table, a row printed as each op finishes (float64 inside the oracle)."""
     from jaxscratch.oracle.check import HEADER, Report, format_report, format_summary, iter_registry
 
+    new = _import_plugins(args.imports)
+    names = args.ops or (new if args.imports else None)
+    if args.imports and not names:
+        _error("gradcheck", f"--import {' '.join(args.imports)} registered no op or loss")
+        return EXIT_USAGE
     reports: list[Report] = []
-    for report in iter_registry(args.ops or None, seed=args.seed):
+    for report in iter_registry(names, seed=args.seed):
         if not reports:
             print(HEADER, flush=True)
         reports.append(report)
@@ -46,6 +67,16 @@ def _gradcheck(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     print(format_summary(reports))
     return EXIT_OK if all(r.passed for r in reports) else EXIT_FAILED
+
+
+def _list(args: argparse.Namespace) -> int:
+    """Every name a config may use (after importing ``--import`` modules)."""
+    from jaxscratch.runs.catalog import catalog, format_catalog
+
+    _import_plugins(args.imports)
+    cat = catalog()
+    print(json.dumps(cat, indent=1) if args.json else format_catalog(cat))
+    return EXIT_OK
 
 
 def _train_usage(args: argparse.Namespace) -> str | None:
@@ -159,17 +190,42 @@ def _config_keys() -> str:
     )
 
 
+_IMPORT_HELP = (
+    "import this Python module first (a name, looked up in the working directory then on "
+    "sys.path, or a .py file); repeatable"
+)
+
+
 def _add_gradcheck(sub: argparse._SubParsersAction) -> None:
     g = sub.add_parser(
         "gradcheck",
         help="check every registered op's hand-derived backward pass against jax.vjp and "
         "finite differences",
         description="Check every registered op's hand-derived backward pass against jax.vjp and "
-        "central finite differences (float64). Exit status 1 if any op fails.",
+        "central finite differences (float64). Exit status 1 if any op fails, 2 for a usage "
+        "error (an unknown name, a module that cannot be imported).",
     )
-    g.add_argument("ops", nargs="*", help="only these registry names (default: all)")
+    g.add_argument(
+        "ops",
+        nargs="*",
+        help="only these registry names (default: all; with --import, those the modules register)",
+    )
     g.add_argument("--seed", type=int, default=0, help="seed of the oracle examples")
+    g.add_argument("--import", dest="imports", action="append", metavar="MODULE", help=_IMPORT_HELP)
     g.set_defaults(func=_gradcheck)
+
+
+def _add_list(sub: argparse._SubParsersAction) -> None:
+    g = sub.add_parser(
+        "list",
+        help="list every layer, op, activation, loss, optimizer, schedule and data set a config "
+        "may name",
+        description="List every layer type (with its keys), registered op, activation, loss, "
+        "optimizer (with its keys), schedule and data set a config may name.",
+    )
+    g.add_argument("--import", dest="imports", action="append", metavar="MODULE", help=_IMPORT_HELP)
+    g.add_argument("--json", action="store_true", help="print the lists as one JSON object")
+    g.set_defaults(func=_list)
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
@@ -238,7 +294,7 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The ``jaxscratch`` argument parser with its three subcommands."""
+    """The ``jaxscratch`` argument parser and its subcommands."""
     # the package is imported whenever this module is (read here: runs may not import upward)
     version = getattr(sys.modules.get("jaxscratch"), "__version__", "unknown")
     parser = argparse.ArgumentParser(
@@ -251,6 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_gradcheck(sub)
     _add_train(sub)
     _add_evaluate(sub)
+    _add_list(sub)
     return parser
 
 

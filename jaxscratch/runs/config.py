@@ -35,6 +35,9 @@ A config file (read with the standard library's :mod:`tomllib`)::
     name = "linear"               # constant | linear | exponential (per epoch, see schedules.py)
     final_lr = 0.05
 
+    [plugins]                     # optional: modules that register ops, activations, losses
+    modules = ["my_ops"]          # then: [[layers]] type = "op", op = "my_op"; activation = ...
+
 Early stopping (``early_stopping``) picks the policy of :mod:`jaxscratch.train.stopping`:
 ``"best"`` (:class:`~jaxscratch.train.stopping.EarlyStopping`: stop after ``patience``
 evaluations in a row that do not improve and restore the best evaluated params), ``"book"``
@@ -66,18 +69,18 @@ from jaxscratch import fileio
 from jaxscratch.core import Loss, Op, apply, init_params, serial
 from jaxscratch.optim.optimizers import Optimizer
 from jaxscratch.optim.schedules import Schedule
-from jaxscratch.runs import datasets
+from jaxscratch.runs import datasets, plugins
 from jaxscratch.runs.datasets import DATA_SETS, Dataset, check_data, data_task
-from jaxscratch.runs.layers import LAYERS, activations, build_layer, check_layers
+from jaxscratch.runs.layers import LAYERS, activations, build_layer, check_layers, user_token
 from jaxscratch.runs.registry import (
     CLASSIFICATION_LOSSES,
-    CONFIG_LOSSES,
     OPTIMIZERS,
     SCHEDULES,
     build_optimizer,
     build_schedule,
     check_optimizer,
     check_schedule,
+    get_loss,
     loss_names,
     optimizer_fields,
 )
@@ -153,6 +156,9 @@ TOP_LEVEL: dict[str, Field] = {
     "layers": Field(check_layers, REQUIRED, "[[layers]] tables"),
     "optimizer": Field(check_optimizer, REQUIRED, "an [optimizer] table"),
     "schedule": Field(check_schedule, {"name": "constant"}),
+    "plugins": Field(
+        lambda k, v: v, None, "[plugins] modules = [names or .py files], path = [dirs]"
+    ),
 }
 
 
@@ -183,6 +189,10 @@ def validate(raw: dict[str, Any], *, name: str | None = None, base_dir: Path | N
     ``name``: the run name when the config has none (the file stem). ``base_dir``: the directory
     relative data paths start from. Raises :class:`ConfigError` naming the key.
     """
+    if isinstance(raw, dict) and "plugins" in raw:
+        spec = plugins.resolve("plugins", raw["plugins"], base_dir)
+        plugins.import_all(spec)  # first: the layers and the loss may name what they register
+        raw = {**raw, "plugins": spec}
     cfg = check_table("", raw, TOP_LEVEL)
     cfg["data"] = check_data("data", raw["data"], base_dir)
     if "name" not in cfg:
@@ -268,22 +278,22 @@ def jnp_dtype(cfg: dict[str, Any]) -> np.dtype:
 def build_net(cfg: dict[str, Any]) -> Op:
     """``serial`` of the config's layers; ``params[i]`` belongs to ``layers[i]``.
 
-    Memoised on (dtype, layers): the trainer caches its compiled programs per net object,
+    Memoised on (dtype, layers, the user ops registered now): the trainer caches its compiled programs per net object,
     so building the same config twice in one process (a resume, repeated runs in tests or a
     notebook) reuses them instead of recompiling.
     """
-    return _build_net(json.dumps([cfg["dtype"], cfg["layers"]], sort_keys=True))
+    return _build_net(json.dumps([cfg["dtype"], cfg["layers"]], sort_keys=True), user_token())
 
 
 @functools.lru_cache(maxsize=32)
-def _build_net(key: str) -> Op:
+def _build_net(key: str, user_ops: tuple) -> Op:
     dtype, layers = json.loads(key)
     return serial(*[build_layer(spec, np.dtype(dtype)) for spec in layers])
 
 
 def build_loss(cfg: dict[str, Any]) -> Loss:
-    """The loss the config names (:data:`~jaxscratch.runs.registry.CONFIG_LOSSES`)."""
-    return CONFIG_LOSSES[cfg["loss"]]
+    """The loss the config names (:func:`~jaxscratch.runs.registry.loss_names`)."""
+    return get_loss(cfg["loss"])
 
 
 def build_stopping(cfg: dict[str, Any]) -> EarlyStopping | Any | None:
@@ -349,4 +359,5 @@ def reference() -> str:
     lines.append("[schedule] name = ...  (per epoch; default constant)")
     for name, fields in SCHEDULES.items():
         lines.append(f"  {name}: {describe_fields(fields, 'name', toml_value)}")
+    lines.append("[plugins] modules = [...], path = ['.']  (see jaxscratch.runs.plugins)")
     return "\n".join(lines)

@@ -12,7 +12,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from jaxscratch.core import Op, serial
+from jaxscratch.core import Op, registered, serial
+from jaxscratch.ops import registry
 from jaxscratch.ops.activations import ACTIVATIONS, get_activation
 from jaxscratch.ops.conv import conv_layer
 from jaxscratch.ops.dense import dense
@@ -43,9 +44,35 @@ class LayerType:
     doc: str = ""
 
 
+#: the ops jaxscratch itself registers (the oracle's examples); every other registered op is a
+#: user's (a plugin's, or one registered in the same process) and a config may name it
+BUILTIN_OPS = frozenset(registry())
+
+
+def user_ops() -> dict[str, Op]:
+    """The registered ops that are not jaxscratch's own: ``{name: op}``, in registration order."""
+    return {k: e.op for k, e in registered().items() if k not in BUILTIN_OPS}
+
+
+def _is_activation(op: Op) -> bool:
+    return op.init is None and not op.stochastic
+
+
 def activations() -> list[str]:
-    """The activation names a layer may use."""
-    return list(ACTIVATIONS)
+    """The activation names a layer may use: the built-in ones, then every registered user op
+    without parameters (``init is None``) that is deterministic."""
+    return list(ACTIVATIONS) + [k for k, op in user_ops().items() if _is_activation(op)]
+
+
+def activation(name: str) -> str | Op:
+    """The built-in activation's name, or the user's op registered as ``name``."""
+    return name if name in ACTIVATIONS else user_ops()[name]
+
+
+def user_token() -> tuple[tuple[str, int], ...]:
+    """Identifies the user ops registered now (names and objects), so a net built from a config
+    is rebuilt after ``register(..., replace=True)`` instead of reusing the old op."""
+    return tuple((k, id(op)) for k, op in user_ops().items())
 
 
 def _kernel_check(key: str, value: Any) -> int | list[int]:
@@ -73,7 +100,7 @@ def _with_dropout(op: Op, spec: dict[str, Any]) -> Op:
 
 
 def _build_dense(spec: dict[str, Any], dtype: Any) -> Op:
-    op = dense(spec["neurons"], spec["activation"], init=spec["init"], dtype=dtype)
+    op = dense(spec["neurons"], activation(spec["activation"]), init=spec["init"], dtype=dtype)
     return _with_dropout(op, spec)
 
 
@@ -82,7 +109,7 @@ def _build_conv(spec: dict[str, Any], dtype: Any) -> Op:
     return conv_layer(
         spec["filters"],
         tuple(kernel) if isinstance(kernel, list) else kernel,
-        spec["activation"],
+        activation(spec["activation"]),
         init=spec["init"],
         dropout=spec["dropout"],
         flatten=spec["flatten"],
@@ -177,8 +204,16 @@ LAYERS: dict[str, LayerType] = {
     ),
     "activation": LayerType(
         {"type": _TYPE, "activation": Field(choice_check(activations), REQUIRED)},
-        lambda spec, dtype: get_activation(spec["activation"]),
+        lambda spec, dtype: get_activation(activation(spec["activation"])),
         "an activation on its own",
+    ),
+    "op": LayerType(
+        {
+            "type": _TYPE,
+            "op": Field(choice_check(lambda: list(user_ops())), REQUIRED, "a registered op"),
+        },
+        lambda spec, dtype: user_ops()[spec["op"]],
+        "an op you registered (jaxscratch.register), e.g. from a [plugins] module",
     ),
 }
 

@@ -12,7 +12,7 @@ import inspect
 from collections.abc import Callable
 from typing import Any
 
-from jaxscratch.core import Loss
+from jaxscratch.core import Loss, registered_losses
 from jaxscratch.ops.losses import LOSSES
 from jaxscratch.ops.rnn import sequence_softmax_cross_entropy
 from jaxscratch.optim import schedules
@@ -52,9 +52,19 @@ SCHEDULES: dict[str, dict[str, Field]] = {
 }
 
 
+def user_losses() -> dict[str, Loss]:
+    """The registered losses that are not jaxscratch's own (a plugin's): ``{name: loss}``."""
+    return {k: e.loss for k, e in registered_losses().items() if k not in CONFIG_LOSSES}
+
+
 def loss_names() -> list[str]:
-    """The loss names a config may use."""
-    return list(CONFIG_LOSSES)
+    """The loss names a config may use: jaxscratch's, then the user's registered losses."""
+    return list(CONFIG_LOSSES) + list(user_losses())
+
+
+def get_loss(name: str) -> Loss:
+    """The loss a config names (:func:`loss_names`)."""
+    return CONFIG_LOSSES[name] if name in CONFIG_LOSSES else user_losses()[name]
 
 
 def _default_check(default: Any) -> Callable[[str, Any], Any]:

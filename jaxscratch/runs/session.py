@@ -35,6 +35,7 @@ import numpy as np
 from jaxscratch.core import init_params
 from jaxscratch.runs import checkpoint as ckpt
 from jaxscratch.runs import config as cfgmod
+from jaxscratch.runs import plugins
 from jaxscratch.runs.loader import load_state, run_config, x64
 from jaxscratch.runs.plots import plot_curves
 from jaxscratch.runs.progress import Progress
@@ -135,12 +136,13 @@ class _Session:
         out: TextIO,
         stop_after: int | None,
         signals: Signals | None = None,
+        data: cfgmod.Dataset | None = None,
     ):
         self.cfg, self.run_dir, self.out, self.stop_after = cfg, run_dir, out, stop_after
         self.signals = signals or Signals()
         self.ckpt_dir = run_dir / CHECKPOINT_DIR
         self.log = MetricsLog(run_dir / METRICS_FILE)
-        self.data = _load_data(cfg)
+        self.data = data if data is not None else _load_data(cfg)
         d = self.data
         arrays = {
             "X_train": d.X_train,
@@ -148,7 +150,8 @@ class _Session:
             "X_test": d.X_test,
             "y_test": d.y_test,
         }
-        self.fingerprint = fingerprint(cfg, arrays)
+        self.plugins = plugins.records(cfg)  # module, file, sha256 of each [plugins] module
+        self.fingerprint = fingerprint(plugins.fingerprint_config(cfg, self.plugins), arrays)
         self.changes: list[str] = []
         self.model = cfgmod.build_model(cfg)
         self.in_shape = tuple(self.data.X_train.shape[1:])
@@ -178,6 +181,8 @@ class _Session:
         state = init_state(self.model.optimizer, params, fit_key)
         cfgmod.write_config(self.run_dir / CONFIG_FILE, self.cfg)
         write_json(self.run_dir / DATA_FILE, {**self.data.stats, "input_shape": self.in_shape})
+        if self.plugins:
+            write_json(self.run_dir / plugins.PLUGINS_FILE, self.plugins)
         self.log.start()
         self.save(0, state, {})
         n = int(sum(np.size(leaf) for leaf in jax.tree_util.tree_leaves(params)))
@@ -310,6 +315,8 @@ class _Session:
         records = read_metrics(self.log.path)
         summary = summarize(self.cfg, self.run_dir, status, self.manifest, self.meta, self.wall())
         summary.update(resumed_from=self.resumed_from, **extra)
+        if self.plugins:
+            summary["plugins"] = self.plugins
         if self.changes:
             summary["resumed_with_changes"] = self.changes
         try:
@@ -333,8 +340,9 @@ def train(
 ) -> dict[str, Any]:
     """Run a resolved config in ``run_dir`` (fresh), or continue the run in ``run_dir`` (``resume``).
 
-    A fresh ``run_dir`` (default: :func:`~jaxscratch.runs.rundir.default_run_dir`) must not exist
-    or be empty; it is locked while the run writes it (a second writer gets a :class:`RunError`
+    A fresh run's data are loaded and checked against the model first, so a data error leaves no
+    run directory behind. A fresh ``run_dir`` (default:
+    :func:`~jaxscratch.runs.rundir.default_run_dir`) must not exist or be empty; it is locked while the run writes it (a second writer gets a :class:`RunError`
     naming this process). ``stop_after``: end the run after the first evaluation at an epoch >=
     this (status ``"stopped"``, resumable). ``allow_changed``: resume even though the config or
     data differ from the checkpoint's (the changed keys go into ``resumed_with_changes``).
@@ -343,6 +351,10 @@ def train(
     ``summary.json``). Raises :class:`RunError` when the run cannot start.
     """
     out = out if out is not None else sys.stdout
+    data = None
+    if not resume and cfg is not None:
+        with x64(cfg):
+            data = _load_data(cfg)  # a data error leaves no run directory behind
     cfg, run_dir, created = _run_dir(cfg, run_dir, resume)
     lock = RunLock(run_dir).acquire()
     try:
@@ -352,7 +364,7 @@ def train(
         else:
             check_empty(run_dir)
         with x64(cfg), Signals() as signals:
-            session = _Session(cfg, run_dir, out, stop_after, signals)
+            session = _Session(cfg, run_dir, out, stop_after, signals, data)
             if resume:
                 return _resume(session, allow_changed)
             return session.finish(*session.fit(session.fresh()))
