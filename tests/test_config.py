@@ -300,7 +300,7 @@ def test_sequence_labels_become_one_hot_per_time_step(tmp_path):
     np.testing.assert_array_equal(ds.y_train.argmax(-1), (ds.X_train[..., 0] > 0).astype(int))
 
 
-def test_example_configs_validate_and_build():
+def test_example_configs_validate_and_build(clean_registry):
     files = sorted(CONFIG_DIR.glob("*.toml"))
     names = [f.name for f in files]
     assert any(n.startswith("boston_") for n in names) and any(

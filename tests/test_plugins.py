@@ -100,24 +100,9 @@ lr = 0.01
 
 
 @pytest.fixture(autouse=True)
-def _clean_registry():
-    """Every test's registrations and plugin modules are undone, so no later test (the oracle's
-    registry-wide checks) sees them."""
-    ops, losses, modules, path = (
-        dict(core._REGISTRY),
-        dict(core._LOSSES),
-        set(sys.modules),
-        list(sys.path),
-    )
+def _clean(clean_registry):
+    """Every test here registers ops; none of them outlives its test (conftest.clean_registry)."""
     yield
-    core._REGISTRY.clear()
-    core._REGISTRY.update(ops)
-    core._LOSSES.clear()
-    core._LOSSES.update(losses)
-    for name in set(sys.modules) - modules:
-        if name.startswith("plug_"):
-            del sys.modules[name]
-    sys.path[:] = path
 
 
 def _plugin(directory: Path, module: str, bug: str = "") -> Path:
@@ -430,3 +415,18 @@ def test_a_plugin_ops_parameters_train_and_are_saved(tmp_path):
     scale = load_run(run).state.params[1]["W"]
     assert scale.shape == (5,) and bool(jnp.all(jnp.isfinite(scale)))
     assert not bool(jnp.all(scale == 1.0))
+
+
+def test_the_example_plugin_passes_the_oracle_and_its_config_trains(tmp_path, capsys):
+    """experiments/plugins/my_ops.py (the README's example) passes gradcheck --import, and
+    experiments/configs/boston_plugin.toml trains with it (2 epochs here)."""
+    root = Path(__file__).resolve().parents[1]
+    assert main(["gradcheck", "--import", str(root / "experiments/plugins/my_ops.py")]) == 0
+    assert "oracle: 3/3 ops and losses pass" in capsys.readouterr().out
+    cfg = config.load_config(root / "experiments/configs/boston_plugin.toml")
+    cfg = {**cfg, "epochs": 2, "eval_every": 2}
+    from jaxscratch.runs.session import train
+
+    summary = train(cfg, tmp_path / "run", out=open(os.devnull, "w"))
+    assert summary["status"] == "completed"
+    assert [r["module"] for r in summary["plugins"]] == ["my_ops"]
