@@ -20,6 +20,24 @@ An op may carry ``init(key, in_shape) -> (out_shape, params)``, where shapes exc
 (``(13,)`` for a Boston row, ``(1, 28, 28)`` for an MNIST image), so layers infer their input size
 lazily, as the book's layers do.
 
+**State that is not a parameter** (batch norm's running mean and variance). Such an op keeps it
+as leaves of its own ``params`` (``running_mean``, ``running_var``) and carries
+``update(params, cache) -> params``, a pure function that returns the params with those leaves
+replaced by their new values, computed from the training forward pass's ``cache``. The contract:
+
+* ``forward(params, x, *, train=True)``: a stateful op takes ``train`` (static, as stochastic ops
+  do; :func:`apply` passes it): training normalises with the batch's statistics, inference
+  (``train=False``) with the running ones in ``params``.
+* ``backward`` returns gradients for the state leaves like for any leaf: zero in training (the
+  output does not depend on them), their true gradient at inference, so the oracle checks both.
+* The training step (:func:`jaxscratch.train.programs.make_step`) calls ``update`` after the
+  optimizer. Every jaxscratch optimizer leaves a leaf whose gradient is always zero unchanged
+  (tested), so the optimizer never moves the state; an optimizer of your own must do the same
+  (no weight decay on state leaves).
+* Because the state lives in ``params``, everything that handles params handles it: checkpoints
+  store it, a resume restores it bitwise, the best evaluated epoch keeps its own, ``predict``
+  and evaluation use it, shardings replicate it. :func:`serial` composes ``update`` over its ops.
+
 Every op is registered with :func:`register` together with an oracle example
 ``example(key) -> (params, x)``; :func:`jaxscratch.ops.registry` lists them, and the test-suite fails for a
 registered op without an example and for a module-level op that is not registered.
@@ -43,7 +61,9 @@ class Op(NamedTuple):
 
     name: registry name. init: ``init(key, in_shape) -> (out_shape, params)`` or ``None`` for ops
     without parameters whose output shape equals the input shape. stochastic: ``forward`` takes the
-    keyword-only ``key`` and ``train`` arguments.
+    keyword-only ``key`` and ``train`` arguments. update: ``update(params, cache) -> params`` for
+    an op with state that is not a parameter (see the module docstring); its ``forward`` takes the
+    keyword-only ``train``.
     """
 
     name: str
@@ -51,6 +71,7 @@ class Op(NamedTuple):
     backward: Callable[[Any, Any], tuple[Any, Any]]
     init: Callable[[Array, Shape], tuple[Shape, Params]] | None = None
     stochastic: bool = False
+    update: Callable[[Params, Any], Params] | None = None
 
 
 class Entry(NamedTuple):
@@ -164,10 +185,18 @@ def draw_dims(key: Array, *ranges: tuple[int, int]) -> tuple[int, ...]:
 def apply(
     op: Op, params: Params, x: Any, *, key: Array | None = None, train: bool = True
 ) -> tuple[Any, Any]:
-    """Call ``op.forward``, passing ``key``/``train`` only to stochastic ops. Returns ``(y, cache)``."""
+    """Call ``op.forward``, passing ``key``/``train`` to stochastic ops and ``train`` to stateful
+    ones (``op.update`` set). Returns ``(y, cache)``."""
     if op.stochastic:
         return op.forward(params, x, key=key, train=train)
+    if op.update is not None:
+        return op.forward(params, x, train=train)
     return op.forward(params, x)
+
+
+def update_state(op: Op, params: Params, cache: Any) -> Params:
+    """``op.update(params, cache)`` for a stateful op; ``params`` unchanged otherwise."""
+    return params if op.update is None else op.update(params, cache)
 
 
 def identity_init(key: Array, in_shape: Shape) -> tuple[Shape, Params]:
@@ -187,7 +216,9 @@ def serial(*ops: Op, name: str | None = None) -> Op:
     params: a tuple, one entry per op. forward: ``y = op_n(... op_1(x))``; cache: the tuple of the
     ops' caches. backward: the ops' backward passes in reverse order, each receiving the ``dx`` of
     the op after it; returns ``(tuple of dparams, dx)``. init splits one key per op. If any op is
-    stochastic the composition is, and ``forward``'s ``key`` is split into one sub-key per stochastic op.
+    stochastic the composition is, and ``forward``'s ``key`` is split into one sub-key per stochastic
+    op. If any op is stateful the composition is: ``update`` updates each stateful op's params from
+    its cache.
     """
     if not ops:
         raise ValueError("serial: needs at least one op")
@@ -232,5 +263,9 @@ def serial(*ops: Op, name: str | None = None) -> Op:
             params.append(p)
         return shape, tuple(params)
 
+    def update(params: Params, cache: Any) -> Params:
+        return tuple(update_state(op, p, c) for op, p, c in zip(ops, params, cache, strict=True))
+
     label = name or "serial(" + ", ".join(op.name for op in ops) + ")"
-    return Op(label, forward, backward, init, stochastic)
+    stateful = any(op.update is not None for op in ops)
+    return Op(label, forward, backward, init, stochastic, update if stateful else None)

@@ -15,6 +15,7 @@ from typing import Any
 from jaxscratch.core import Op, registered, serial
 from jaxscratch.ops import registry
 from jaxscratch.ops.activations import ACTIVATIONS, get_activation
+from jaxscratch.ops.batchnorm import batch_norm
 from jaxscratch.ops.conv import conv_layer
 from jaxscratch.ops.dense import dense
 from jaxscratch.ops.dropout import dropout
@@ -206,6 +207,15 @@ LAYERS: dict[str, LayerType] = {
         {"type": _TYPE, "activation": Field(choice_check(activations), REQUIRED)},
         lambda spec, dtype: get_activation(activation(spec["activation"])),
         "an activation on its own",
+    ),
+    "batch_norm": LayerType(
+        {
+            "type": _TYPE,
+            "momentum": Field(float_check(0.0, 1.0, high_open=True), 0.9, "in [0, 1)"),
+            "eps": Field(float_check(0.0, low_open=True), 1e-5, "a positive number"),
+        },
+        lambda spec, dtype: batch_norm(spec["momentum"], spec["eps"], dtype=dtype),
+        "batch normalisation of (batch, D) or NCHW inputs; running statistics for inference",
     ),
     "op": LayerType(
         {

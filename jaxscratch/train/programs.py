@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
-from jaxscratch.core import Array, Loss, Op, Params, apply
+from jaxscratch.core import Array, Loss, Op, Params, apply, update_state
 from jaxscratch.optim.optimizers import Optimizer
 from jaxscratch.train import parallel
 
@@ -43,8 +43,10 @@ def make_step(
 ) -> Callable[..., tuple[Params, Any, Array]]:
     """One training step: ``step(params, state, xb, yb, lr, key) -> (params, state, loss)``.
 
-    Forward, loss, ``loss.backward``, ``net.backward`` (hand-derived), ``optimizer.update``.
-    ``key`` is used only by stochastic nets (dropout). Pure; jit it or scan it.
+    Forward, loss, ``loss.backward``, ``net.backward`` (hand-derived), ``optimizer.update``, then
+    for a stateful net ``net.update`` (batch norm's running statistics, from this batch's cache;
+    see :mod:`jaxscratch.core`). ``key`` is used only by stochastic nets (dropout). Pure; jit it
+    or scan it.
     """
 
     def step(params, state, xb, yb, lr, key):
@@ -52,7 +54,7 @@ def make_step(
         value, lcache = loss.forward(pred, yb)
         grads, _ = net.backward(cache, loss.backward(lcache))
         params, state = optimizer.update(grads, state, params, lr)
-        return params, state, value
+        return update_state(net, params, cache), state, value
 
     return step
 
