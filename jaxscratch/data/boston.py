@@ -52,7 +52,15 @@ def load_boston(path: str | Path | None = None, *, sha256: str | None = BOSTON_S
             raise ValueError(
                 f"load_boston: {p} is corrupt or not the expected file: sha256 {got}, expected {sha256}"
             )
-    lines = data.decode("utf-8").strip().splitlines()
+    try:
+        lines = data.decode("utf-8-sig").strip().splitlines()
+    except UnicodeDecodeError as e:
+        raise ValueError(
+            f"load_boston: {p} is not a UTF-8 text file (byte 0x{data[e.start]:02x} at offset "
+            f"{e.start})"
+        ) from None
+    if not lines:
+        raise ValueError(f"load_boston: {p} is empty (expected a header and 506 rows)")
     header = [h.strip().strip('"') for h in lines[0].split(",")]
     if tuple(header[:-1]) != BOSTON_FEATURES or header[-1] != "MEDV":
         raise ValueError(f"load_boston: {p} has header {header}, expected {BOSTON_FEATURES} + MEDV")

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import csv
 import math
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -106,11 +107,41 @@ def one_hot(labels: np.ndarray, n_classes: int, dtype: Any = np.float32) -> np.n
     return out
 
 
+def _csv_rows(path: Path, delimiter: str) -> list[list[str]]:
+    """The non-blank rows of a UTF-8 CSV file (a byte-order mark is dropped); a file that is not
+    UTF-8 is a ``ValueError`` naming the byte offset."""
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            rows = list(csv.reader(f, delimiter=delimiter))
+    except UnicodeDecodeError as e:
+        raise ValueError(
+            f"{path}: not a UTF-8 text file (byte 0x{e.object[e.start]:02x} at offset {e.start})"
+        ) from None
+    except csv.Error as e:
+        raise ValueError(f"{path}: not a readable CSV file ({e})") from None
+    return [r for r in rows if r and any(c.strip() for c in r)]
+
+
+def _row_values(path: Path, line: int, row: list[str], names: list[str] | None) -> list[float]:
+    """The cells of one CSV row as finite floats; a text or non-finite cell is a ``ValueError``
+    naming the line and the column."""
+    values = []
+    for j, cell in enumerate(row):
+        try:
+            v = float(cell)
+        except ValueError:
+            v = None
+        if v is None or not math.isfinite(v):
+            column = repr(names[j]) if names is not None else str(j)
+            what = "is not a number" if v is None else "is not finite (NaN and inf are refused)"
+            raise ValueError(f"{path}: line {line}, column {column}: {cell.strip()!r} {what}")
+        values.append(v)
+    return values
+
+
 def _csv_values(path: Path, delimiter: str, header: bool) -> tuple[list[str] | None, np.ndarray]:
     """``(header names or None, values (rows, columns) float64)``; errors name the line."""
-    with open(path, newline="", encoding="utf-8") as f:
-        rows = list(csv.reader(f, delimiter=delimiter))
-    rows = [r for r in rows if r and any(c.strip() for c in r)]
+    rows = _csv_rows(path, delimiter)
     names, first_line = None, 1
     if header:
         if not rows:
@@ -124,10 +155,7 @@ def _csv_values(path: Path, delimiter: str, header: bool) -> tuple[list[str] | N
     for i, r in enumerate(rows):
         if len(r) != width:
             raise ValueError(f"{path}: line {i + first_line} has {len(r)} fields, expected {width}")
-        try:
-            values[i] = [float(c) for c in r]
-        except ValueError as e:
-            raise ValueError(f"{path}: line {i + first_line}: {e}") from None
+        values[i] = _row_values(path, i + first_line, r, names)
     return names, values
 
 
@@ -141,13 +169,19 @@ def _target_columns(path: Path, target: Any, names: list[str] | None, width: int
                     f"data.target: no column {t!r} in {path}; "
                     f"columns: {names or 'none (header = false)'}"
                 )
+            if names.count(t) > 1:
+                raise ValueError(f"data.target: {path} has {names.count(t)} columns named {t!r}")
             cols.append(names.index(t))
+        elif isinstance(t, bool) or not isinstance(t, int | np.integer):
+            raise TypeError(
+                f"data.target: a column name or integer index, got {type(t).__name__} {t!r}"
+            )
         else:
             if not -width <= t < width:
                 raise ValueError(
                     f"data.target: column index {t} is outside {path}'s {width} columns"
                 )
-            cols.append(t % width)
+            cols.append(int(t) % width)
     if len(set(cols)) != len(cols) or len(cols) >= width:
         raise ValueError(f"data.target: columns {targets} leave no feature columns in {path}")
     return cols
@@ -168,22 +202,66 @@ def read_csv(
     return values[:, feats], values[:, cols]
 
 
-def read_npz(path: str | Path) -> dict[str, np.ndarray]:
-    """The arrays of an .npz (no pickles): ``X_train, y_train, X_test, y_test`` or ``X, y``."""
-    p = Path(path)
-    with np.load(p, allow_pickle=False) as z:
-        arrays = {k: z[k] for k in z.files}
+def _npz_arrays(p: Path) -> dict[str, np.ndarray]:
+    """Every array of the .npz at ``p`` (no pickles); a file that is not an .npz archive is a
+    ``ValueError`` naming it."""
+    try:
+        z = np.load(p, allow_pickle=False)
+    except (ValueError, EOFError, zipfile.BadZipFile) as e:
+        if "pickle" in str(e).lower():  # numpy's message for a file of pickled data
+            e = ValueError("it holds pickled data, which is never loaded")
+        raise ValueError(f"{p}: not a readable .npz archive ({e})") from None
+    if not isinstance(z, np.lib.npyio.NpzFile):
+        raise ValueError(f"{p}: not an .npz archive (it holds a single .npy array)")
+    with z:
+        try:
+            return {k: z[k] for k in z.files}
+        except (ValueError, EOFError, OSError, zipfile.BadZipFile) as e:
+            if "pickle" in str(e).lower():  # an object array
+                e = ValueError("an array of Python objects, which is never loaded")
+            raise ValueError(f"{p}: not a readable .npz archive ({e})") from None
+
+
+def _check_npz_arrays(p: Path, arrays: dict[str, np.ndarray]) -> None:
+    """Real, finite numbers; each X_* and its y_* with as many rows."""
     for k, a in arrays.items():
         if not (np.issubdtype(a.dtype, np.integer) or np.issubdtype(a.dtype, np.floating)):
             raise ValueError(f"{p}: array {k} has dtype {a.dtype}; expected real numbers")
+        if np.issubdtype(a.dtype, np.floating) and not np.all(np.isfinite(a)):
+            i = tuple(int(j) for j in np.argwhere(~np.isfinite(a))[0])
+            raise ValueError(f"{p}: array {k} holds a non-finite value ({a[i]} at index {i})")
+    for x, y in (("X", "y"), ("X_train", "y_train"), ("X_test", "y_test")):
+        if x in arrays and y in arrays:
+            nx, ny = arrays[x].shape[:1], arrays[y].shape[:1]
+            if not nx or not ny or nx != ny:
+                raise ValueError(
+                    f"{p}: array {x} has shape {arrays[x].shape} but {y} has shape "
+                    f"{arrays[y].shape}; expected as many rows in each"
+                )
+
+
+def read_npz(path: str | Path) -> dict[str, np.ndarray]:
+    """The arrays of an .npz (no pickles): ``X_train, y_train, X_test, y_test`` or ``X, y``.
+
+    Each X and its y must have as many rows (axis 0), hold integers or floats, and no NaN or
+    infinite value; anything else (and a file that is not an .npz) is a ``ValueError`` naming
+    the file and the array.
+    """
+    p = Path(path)
+    arrays = _npz_arrays(p)
     names = set(arrays)
     if {"X_train", "y_train", "X_test", "y_test"} <= names:
-        return {k: arrays[k] for k in ("X_train", "y_train", "X_test", "y_test")}
-    if {"X", "y"} <= names:
-        return {"X": arrays["X"], "y": arrays["y"]}
-    raise ValueError(
-        f"{p}: expected arrays X_train, y_train, X_test, y_test (or X and y); found {sorted(names)}"
-    )
+        keys: tuple[str, ...] = ("X_train", "y_train", "X_test", "y_test")
+    elif {"X", "y"} <= names:
+        keys = ("X", "y")
+    else:
+        raise ValueError(
+            f"{p}: expected arrays X_train, y_train, X_test, y_test (or X and y); found "
+            f"{sorted(names)}"
+        )
+    chosen = {k: arrays[k] for k in keys}
+    _check_npz_arrays(p, chosen)
+    return chosen
 
 
 def _class_labels(y: np.ndarray, where: str) -> tuple[np.ndarray, tuple[int, ...]]:
