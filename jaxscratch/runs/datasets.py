@@ -3,12 +3,15 @@
 :func:`load_data` returns a :class:`Dataset` (host numpy arrays in the run's dtype) and the
 preprocessing constants (``stats``) that ``evaluate --data FILE`` needs to treat new rows as the
 training rows were treated: the training rows' feature mean and std when standardised
-(:func:`jaxscratch.data.tables.feature_stats`), the number of classes. The reading itself is
-:mod:`jaxscratch.data`'s.
+(:func:`jaxscratch.data.tables.feature_stats`; Boston's over all 506 rows, as the book does), the
+pixel mean and std of MNIST, a CSV's header, the number of classes. :func:`preprocessing` turns
+them back into a :class:`Preprocessing` whose ``apply`` treats raw rows exactly as training
+did. The reading itself is :mod:`jaxscratch.data`'s.
 """
 
 from __future__ import annotations
 
+import csv
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +25,7 @@ from jaxscratch.data import (
     boston_book_data,
     encode_targets,
     feature_stats,
+    load_boston,
     load_mnist,
     read_csv,
     read_npz,
@@ -210,6 +214,8 @@ def _table_data(cfg: dict[str, Any]) -> Dataset:
     stats: dict[str, Any] = {"task": task}
     if task == "classification":
         stats["n_classes"] = k
+    if spec["name"] == "csv" and spec["header"]:
+        stats["csv_columns"] = csv_header(path, spec["delimiter"])
     if spec["standardize"]:
         mean, std = feature_stats(X_train, "data.standardize (training rows)")
         stats.update(feature_mean=mean.tolist(), feature_std=std.tolist())
@@ -241,7 +247,19 @@ def _mnist_data(cfg: dict[str, Any]) -> Dataset:
 def _boston_data(cfg: dict[str, Any]) -> Dataset:
     X_train, X_test, y_train, y_test = boston_book_data()
     desc = "boston: 354 train / 152 test rows (book split, standardised over all 506 rows)"
-    return Dataset(X_train, y_train, X_test, y_test, "regression", {"task": "regression"}, desc)
+    mean, std = feature_stats(load_boston().X, "boston")  # what boston_book_data standardised by
+    stats = {"task": "regression", "feature_mean": mean.tolist(), "feature_std": std.tolist()}
+    return Dataset(X_train, y_train, X_test, y_test, "regression", stats, desc)
+
+
+def csv_header(path: Path, delimiter: str) -> list[str]:
+    """The column names on the first non-blank line of a CSV file, stripped as
+    :func:`jaxscratch.data.read_csv` strips them."""
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        for row in csv.reader(f, delimiter=delimiter):
+            if row and any(c.strip() for c in row):
+                return [h.strip().strip('"') for h in row]
+    raise ValueError(f"{path}: empty CSV file")
 
 
 def load_data(cfg: dict[str, Any]) -> Dataset:
@@ -290,3 +308,96 @@ def load_eval_file(cfg: dict[str, Any], path: str | Path, stats: dict[str, Any])
         X = standardize(X, (stats["feature_mean"], stats["feature_std"]))
     dt = np.dtype(cfg["dtype"])
     return np.ascontiguousarray(X, dtype=dt), np.ascontiguousarray(y, dtype=dt)
+
+
+@dataclass(frozen=True, eq=False)
+class Preprocessing:
+    """What a run did to its raw input rows, from its ``data.json``: :meth:`apply` does it again.
+
+    input_shape: the shape of one row as the network saw it, e.g. ``(13,)`` or ``(1, 28, 28)``.
+    feature_mean / feature_std: per-feature standardisation (arrays of ``input_shape``), or None.
+    pixel_mean / pixel_std: MNIST's global pixel scaling of raw 0..255 values, or None.
+    dtype: the run's dtype; task, n_classes: as trained (n_classes None for regression).
+    """
+
+    input_shape: tuple[int, ...]
+    dtype: str
+    task: str
+    n_classes: int | None = None
+    feature_mean: np.ndarray | None = None
+    feature_std: np.ndarray | None = None
+    pixel_mean: float | None = None
+    pixel_std: float | None = None
+
+    @property
+    def n_features(self) -> int:
+        """The number of input values in one row (the product of ``input_shape``)."""
+        return math.prod(self.input_shape)
+
+    def _rows(self, X: np.ndarray) -> np.ndarray:
+        """``X`` as (n, *input_shape); pixel rows may come in any layout of the same size."""
+        if X.ndim >= 1 and X.shape[1:] == self.input_shape:
+            return X
+        if (
+            self.pixel_mean is not None
+            and X.ndim >= 2
+            and math.prod(X.shape[1:]) == self.n_features
+        ):
+            return X.reshape(X.shape[0], *self.input_shape)
+        raise ValueError(
+            f"Preprocessing.apply: expected rows of shape {self.input_shape} ({self.n_features} "
+            f"features), i.e. X of shape (n, {', '.join(map(str, self.input_shape))}); "
+            f"got X of shape {X.shape}"
+        )
+
+    def _check(self, X: np.ndarray) -> None:
+        if not (np.issubdtype(X.dtype, np.integer) or np.issubdtype(X.dtype, np.floating)):
+            raise ValueError(f"Preprocessing.apply: X has dtype {X.dtype}; expected real numbers")
+        if X.shape[0] == 0:
+            raise ValueError("Preprocessing.apply: X has no rows")
+        bad = ~np.isfinite(X.reshape(X.shape[0], -1)).all(axis=1)
+        if bad.any():
+            raise ValueError(
+                f"Preprocessing.apply: row {int(np.argmax(bad))} holds NaN or infinite values "
+                f"({int(bad.sum())} such rows)"
+            )
+        if self.pixel_mean is not None and (X.min() < 0 or X.max() > 255):
+            raise ValueError(
+                f"Preprocessing.apply: expected raw pixel values in 0..255 (the run scales them "
+                f"itself), got values in {float(X.min())}..{float(X.max())}"
+            )
+
+    def apply(self, X: np.ndarray) -> np.ndarray:
+        """Raw rows ``X`` (n, *input_shape) -> the network's input (n, *input_shape), in the run's
+        dtype, computed exactly as the training rows were. MNIST rows may be (n, 784),
+        (n, 28, 28) or (n, 1, 28, 28). A wrong shape, a non-numeric dtype, NaN/inf or (MNIST)
+        pixels outside 0..255 are a ``ValueError`` naming what was expected and what came."""
+        X = np.asarray(X)
+        self._check(X)
+        X = self._rows(X).astype(np.float64)
+        if self.pixel_mean is not None and self.pixel_std is not None:
+            X = ((X - self.pixel_mean) / self.pixel_std).astype(np.float32)  # as book_preprocess
+        elif self.feature_mean is not None and self.feature_std is not None:
+            X = standardize(X, (self.feature_mean, self.feature_std))
+        return np.ascontiguousarray(X, dtype=np.dtype(self.dtype))
+
+
+def preprocessing(cfg: dict[str, Any], stats: dict[str, Any]) -> Preprocessing:
+    """The :class:`Preprocessing` of a run from its resolved config and ``data.json`` (``stats``);
+    a ``ValueError`` if ``stats`` lacks the input shape."""
+    if "input_shape" not in stats:
+        raise ValueError("data.json does not record the input shape")
+    shape = tuple(int(d) for d in stats["input_shape"])
+    mean, std = stats.get("feature_mean"), stats.get("feature_std")
+    if cfg["data"]["name"] == "boston" and mean is None:  # a run from before boston saved them
+        mean, std = (a.tolist() for a in feature_stats(load_boston().X, "boston"))
+    return Preprocessing(
+        input_shape=shape,
+        dtype=cfg["dtype"],
+        task=stats.get("task") or data_task(cfg),
+        n_classes=stats.get("n_classes"),
+        feature_mean=None if mean is None else np.asarray(mean, dtype=np.float64),
+        feature_std=None if std is None else np.asarray(std, dtype=np.float64),
+        pixel_mean=stats.get("pixel_mean"),
+        pixel_std=stats.get("pixel_std"),
+    )

@@ -1,7 +1,9 @@
-"""Load a CLI run back into Python: its config, model and the TrainState of a checkpoint.
+"""Load a CLI run back into Python: its config, model, preprocessing and a checkpoint's state.
 
-    run = load_run("runs/boston-20260101-120000")            # the final checkpoint
-    pred = js.predict(run.net, run.state.params, X)          # X preprocessed as data.json says
+    net, params, preprocessing = load_run("runs/boston-20260101-120000")  # the final checkpoint
+    pred = js.predict(net, params, preprocessing.apply(X_raw))           # raw rows, as trained
+
+    run = load_run(run_dir, "best")          # also: run.config, run.loss, run.state, run.summary
 
 ``checkpoint``: ``"final"`` (the one the summary reports; the latest while a run is unfinished),
 ``"best"`` (the best evaluated epoch, always kept), ``"latest"`` (the newest file) or a
@@ -11,14 +13,17 @@ to compute with them in float64, enable x64 in your session too.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
 
 from jaxscratch.core import Loss, Op, init_params
 from jaxscratch.runs import checkpoint as ckpt
 from jaxscratch.runs.config import ConfigError, Model, build_model, load_config
+from jaxscratch.runs.datasets import Preprocessing, preprocessing
 from jaxscratch.runs.rundir import (
     CHECKPOINT_DIR,
     CONFIG_FILE,
@@ -32,10 +37,14 @@ from jaxscratch.train.state import TrainState
 CHECKPOINT_CHOICES = ("final", "best", "latest")
 
 
-class LoadedRun(NamedTuple):
+@dataclass(frozen=True)
+class LoadedRun:
     """A run loaded from its directory: the resolved config, net and loss, the TrainState of the
-    chosen checkpoint, the summary (``{}`` for a run that never finished one), and the
-    checkpoint's manifest path."""
+    chosen checkpoint, the summary (``{}`` for a run that never finished one), the checkpoint's
+    manifest path and the run's :class:`~jaxscratch.runs.datasets.Preprocessing`.
+
+    It unpacks as ``net, params, preprocessing = run`` (``params`` is ``state.params``).
+    """
 
     config: dict[str, Any]
     net: Op
@@ -43,6 +52,16 @@ class LoadedRun(NamedTuple):
     state: TrainState
     summary: dict[str, Any]
     checkpoint: Path
+    preprocessing: Preprocessing
+
+    @property
+    def params(self) -> Any:
+        """The checkpoint's params (``state.params``: the restored best under early stopping)."""
+        return self.state.params
+
+    def __iter__(self) -> Iterator[Any]:
+        """``(net, params, preprocessing)``, so ``net, params, prep = load_run(d)`` works."""
+        return iter((self.net, self.params, self.preprocessing))
 
 
 def run_config(run_dir: Path) -> dict[str, Any]:
@@ -110,6 +129,18 @@ def resolve_checkpoint(run_dir: Path, which: str | Path = "final") -> Path:
     return final if which == "final" else _best_manifest(ckpt_dir, final)
 
 
+def run_preprocessing(run_dir: Path, cfg: dict[str, Any]) -> Preprocessing:
+    """The run's :class:`Preprocessing`, from its ``data.json`` (:class:`RunError`, exit 2, if
+    the file is missing or lacks the input shape)."""
+    path = Path(run_dir) / DATA_FILE
+    if not path.is_file():
+        raise RunError(f"{run_dir}: no {DATA_FILE} there (not a run directory)", 2)
+    try:
+        return preprocessing(cfg, read_json(path))
+    except ValueError as e:
+        raise RunError(f"{path}: {e}", 2) from None
+
+
 def input_shape(run_dir: Path) -> tuple[int, ...]:
     """The shape of one input row, as the run recorded it in ``data.json``."""
     stats = read_json(Path(run_dir) / DATA_FILE)
@@ -137,15 +168,18 @@ def load_run(
 ) -> LoadedRun:
     """Load a run directory written by ``jaxscratch train`` (see the module docstring).
 
+    Returns a :class:`LoadedRun`; ``net, params, preprocessing = load_run(d)`` unpacks it.
+    ``checkpoint``: ``"final"``, ``"best"``, ``"latest"`` or a manifest path.
     ``optimizer_state=False`` loads the params (and the best's params) alone; the state's
     ``opt_state`` is then ``None``. Raises :class:`~jaxscratch.runs.rundir.RunError` for a
     missing or corrupt run directory or checkpoint.
     """
     run_dir = Path(run_dir)
     cfg = run_config(run_dir)
+    prep = run_preprocessing(run_dir, cfg)
     manifest = resolve_checkpoint(run_dir, checkpoint)
     model = build_model(cfg)
     with x64(cfg):
-        state = load_state(manifest, model, cfg, input_shape(run_dir), optimizer_state)
+        state = load_state(manifest, model, cfg, prep.input_shape, optimizer_state)
     summary = read_json(run_dir / SUMMARY_FILE)
-    return LoadedRun(cfg, model.net, model.loss, state, summary, manifest)
+    return LoadedRun(cfg, model.net, model.loss, state, summary, manifest, prep)
