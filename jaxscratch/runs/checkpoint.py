@@ -239,6 +239,11 @@ def _npz_path(manifest_path: Path, manifest: dict[str, Any]) -> Path:
             f"checkpoint manifest {manifest_path}: file {name!r} is not a file name in its own "
             "directory (a manifest may only name a file beside it)"
         )
+    own = manifest_path.with_suffix(".npz").name
+    if _MANIFEST_RE.fullmatch(manifest_path.name) and name != own:
+        raise CheckpointError(  # else two manifests could share, and prune, one .npz
+            f"checkpoint manifest {manifest_path}: file {name!r} is not its own {own!r}"
+        )
     return manifest_path.parent / name
 
 

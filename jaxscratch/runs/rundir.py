@@ -32,6 +32,7 @@ import math
 import os
 import re
 import secrets
+import time
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -126,9 +127,13 @@ def create_run_dir(run_dir: Path) -> bool:
         raise RunError(f"cannot create run directory {run_dir}: {e.strerror or e}", 2) from None
     if not run_dir.is_dir():
         raise RunError(f"run directory {run_dir} exists and is not a directory", 2)
-    if (run_dir / LOCK_FILE).exists():  # a run dir: if a process writes it, name that process
-        RunLock(run_dir).acquire().release()
-    check_empty(run_dir)
+    try:
+        check_empty(run_dir)
+    except RunError:
+        # a run writes its lock before any other file: if a process writes it, name that process
+        if (run_dir / LOCK_FILE).exists():
+            RunLock(run_dir).acquire().release()
+        raise
     return False
 
 
@@ -142,6 +147,17 @@ def check_empty(run_dir: Path) -> None:
             f"`jaxscratch train --resume {run_dir}` or choose another --run-dir",
             exit_code=2,
         )
+
+
+def _holder(fd: int, tries: int = 20) -> str:
+    """The pid in a lock file another process holds (it writes it just after taking the lock:
+    wait a moment for it), or ``"unknown"``."""
+    for _ in range(tries):
+        text = os.pread(fd, 64, 0).decode("ascii", "replace").strip()
+        if text:
+            return text
+        time.sleep(0.01)
+    return "unknown"
 
 
 class RunLock:
@@ -168,7 +184,7 @@ class RunLock:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as e:
-            holder = os.pread(fd, 64, 0).decode("ascii", "replace").strip() or "unknown"
+            holder = _holder(fd)
             os.close(fd)
             if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
                 raise RunError(f"cannot lock {self.path}: {e.strerror}", 2) from None
@@ -177,8 +193,9 @@ class RunLock:
                 f"{self.path}); wait for it to finish or stop it first",
                 exit_code=2,
             ) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        pid = f"{os.getpid()}\n".encode()
+        os.pwrite(fd, pid, 0)  # then cut the rest: a reader never sees an empty file
+        os.ftruncate(fd, len(pid))
         os.fsync(fd)
         self.fd = fd
         return self

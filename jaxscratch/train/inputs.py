@@ -74,7 +74,8 @@ ID_LOSSES = frozenset({"softmax_cross_entropy"})
 def check_targets(what: str, net: Op, loss: Loss, params: Params, X: Any, y: Any) -> None:
     """Refuse targets that do not fit the network's output, on the host, before anything compiles.
 
-    The output shape comes from :func:`jax.eval_shape` of one row (nothing runs). For a loss in
+    The output shape comes from :func:`jax.eval_shape` of one row (nothing runs); rows the
+    network refuses are an error of the same type naming the set (``"eval"``). For a loss in
     :data:`ID_LOSSES`, 1-D targets must be integer class ids in ``0 .. k-1`` (``k``: the output
     width); float ids, negative or too large ids are a ``ValueError`` naming the first bad row
     and its value. Targets with the output's rank must have its trailing shape (a one-hot width
@@ -85,8 +86,11 @@ def check_targets(what: str, net: Op, loss: Loss, params: Params, X: Any, y: Any
     row = jax.ShapeDtypeStruct((1, *x_shape[1:]), jax.dtypes.canonicalize_dtype(x_dtype))
     try:
         out = jax.eval_shape(lambda p, x: apply(net, p, x, train=False)[0], params, row)
-    except (TypeError, ValueError):
-        return  # the network refuses the input itself; fit's first call names why
+    except (TypeError, ValueError) as e:  # named now, not after a period of training
+        cls = ValueError if isinstance(e, ValueError) else TypeError
+        raise cls(
+            f"fit: {what} X rows of shape {tuple(x_shape[1:])} do not fit the network: {e}"
+        ) from None
     if not hasattr(out, "shape") or len(out.shape) < 1:
         return
     out_tail = tuple(out.shape[1:])
