@@ -52,6 +52,28 @@ mean_squared_error = register_loss(
 )
 
 
+def _mean_se_forward(pred: Array, target: Array) -> tuple[Array, tuple[Array, int]]:
+    """mean((pred - target)^2) over every element (PyTorch's ``MSELoss()``, which the book's
+    chapter 7 uses). pred, target: (batch, ...). Caches ``(pred - target, size)``; backward:
+    ``2 (pred - target) / size``."""
+    _check_same_shape("elementwise_mean_squared_error", pred, target)
+    diff = pred - target
+    return jnp.mean(diff * diff), (diff, diff.size)
+
+
+def _mean_se_example(key: Array) -> tuple[Array, Array]:
+    k1, k2 = jax.random.split(key)
+    return (
+        jax.random.normal(k1, (3, 2, 5), jnp.float64),
+        jax.random.normal(k2, (3, 2, 5), jnp.float64),
+    )
+
+
+elementwise_mean_squared_error = register_loss(
+    Loss("elementwise_mean_squared_error", _mean_se_forward, _mse_backward), _mean_se_example
+)
+
+
 def _label_tol(dtype: jnp.dtype, k: int) -> float:
     """How far a target row's sum may stray from 1: a few hundred ulps per class."""
     return 100.0 * k * float(jnp.finfo(dtype).eps)
@@ -160,5 +182,6 @@ softmax_cross_entropy = register_loss(
 LOSSES: dict[str, Loss] = {
     "mean_squared_error": mean_squared_error,
     "mse": mean_squared_error,
+    "elementwise_mean_squared_error": elementwise_mean_squared_error,
     "softmax_cross_entropy": softmax_cross_entropy,
 }
