@@ -3,6 +3,8 @@
 * ``jaxscratch --version``: the package version.
 * ``jaxscratch gradcheck [OPS...] [--import MODULE]``: the gradient oracle over the op registry
   (and over the ops a plugin module registers), a row per op as it finishes.
+* ``jaxscratch predict RUN_DIR --data FILE --out PREDS.csv``: a run's predictions on new rows
+  (.npy, .npz or .csv, labelled or not), with the run's own preprocessing.
 * ``jaxscratch list [--import MODULE] [--json]``: every name a config may use.
 * ``jaxscratch train CONFIG.toml [--run-dir DIR]``: a scripted training run (see
   :mod:`jaxscratch.runs.config` for the file, :mod:`jaxscratch.runs.rundir` for the run directory).
@@ -307,6 +309,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_gradcheck(sub)
     _add_train(sub)
     _add_evaluate(sub)
+    from jaxscratch.runs.prediction import add_predict_parser
+
+    add_predict_parser(sub)
     _add_list(sub)
     return parser
 
