@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
@@ -15,7 +14,7 @@ from jaxscratch.runs import checkpoint, config, prediction
 from jaxscratch.runs.cli import main
 from jaxscratch.runs.datasets import Preprocessing
 from jaxscratch.runs.loader import load_run
-from jaxscratch.runs.prediction import add_predict_parser, predict_run
+from jaxscratch.runs.prediction import predict_run
 from jaxscratch.runs.rundir import RunError
 from jaxscratch.train.programs import predict
 
@@ -66,11 +65,7 @@ def _read_csv(path: Path) -> tuple[list[str], np.ndarray]:
 
 
 def _cli(*argv: str) -> int:
-    """The predict handler through its own parser (until cli.py wires `predict`)."""
-    parser = argparse.ArgumentParser(prog="jaxscratch")
-    add_predict_parser(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["predict", *argv])
-    return int(args.func(args))
+    return main(["predict", *argv])
 
 
 @pytest.fixture(scope="module")
