@@ -291,3 +291,19 @@ def test_evaluate_best_when_the_best_epoch_is_older_than_the_last_two(
     assert float(np.mean((pred - y_test) ** 2)) == pytest.approx(
         summary["best_eval_loss"], rel=1e-10
     )
+
+
+def test_evaluate_on_a_raw_file_applies_the_runs_preprocessing(patient_run, tmp_path, capsys):
+    """A Boston run evaluated on raw rows (unstandardised, as in the bundled CSV) scores as on
+    its own test split: evaluate --data uses the same Preprocessing as predict."""
+    b = load_boston()
+    _, raw_test, _, y_test = book_split(b.X, b.y)
+    header = [f"f{i}" for i in range(13)] + ["MEDV"]
+    data = _write_csv(tmp_path / "raw.csv", header, np.column_stack([raw_test, y_test]))
+    capsys.readouterr()
+    assert main(["evaluate", str(patient_run), "--json", "--data", str(data)]) == 0
+    on_file = json.loads(capsys.readouterr().out)
+    assert main(["evaluate", str(patient_run), "--json"]) == 0
+    on_split = json.loads(capsys.readouterr().out)
+    assert on_file["rows"] == 152
+    assert on_file["eval_loss"] == pytest.approx(on_split["eval_loss"], rel=1e-12)

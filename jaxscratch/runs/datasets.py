@@ -289,8 +289,9 @@ def _eval_npz(p: Path) -> tuple[np.ndarray, np.ndarray]:
 
 def load_eval_file(cfg: dict[str, Any], path: str | Path, stats: dict[str, Any]) -> tuple:
     """All rows of a CSV or .npz file laid out like the config's data, preprocessed with the
-    training run's ``stats``. Returns ``(X, y)`` in the run's dtype. An .npz may hold ``X``/``y``
-    or ``X_test``/``y_test``."""
+    training run's ``stats`` (:func:`preprocessing`: raw rows, treated as the training rows were;
+    MNIST's raw 0..255 pixels). Returns ``(X, y)`` in the run's dtype. An .npz may hold
+    ``X``/``y`` or ``X_test``/``y_test``."""
     p = Path(path)
     spec = cfg["data"]
     task = stats.get("task", data_task(cfg))
@@ -302,11 +303,17 @@ def load_eval_file(cfg: dict[str, Any], path: str | Path, stats: dict[str, Any])
         X, y = read_csv(p, spec["target"], header=spec["header"], delimiter=spec["delimiter"])
     else:
         raise ValueError(f"{p}: expected a .csv or .npz file")
-    X = np.asarray(X, dtype=np.float64)
     y, _ = encode_targets(task, y, stats.get("n_classes"), str(p))
-    if "feature_mean" in stats:
-        X = standardize(X, (stats["feature_mean"], stats["feature_std"]))
     dt = np.dtype(cfg["dtype"])
+    if "input_shape" in stats:  # every run's data.json has it: exactly the training treatment
+        try:
+            X = preprocessing(cfg, stats).apply(X)
+        except ValueError as e:
+            raise ValueError(f"{p}: {str(e).removeprefix('Preprocessing.apply: ')}") from None
+    else:
+        X = np.asarray(X, dtype=np.float64)
+        if "feature_mean" in stats:
+            X = standardize(X, (stats["feature_mean"], stats["feature_std"]))
     return np.ascontiguousarray(X, dtype=dt), np.ascontiguousarray(y, dtype=dt)
 
 
