@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from jaxscratch.fileio import write_json_atomic
+from jaxscratch.train.compile_cache import cache_from_env
 
 PLOT_NAME = "ch1_chain_deriv.png"
 
@@ -89,6 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default="results/ch1_foundations", help="output directory")
     ap.add_argument("--figures", default=None, help="also copy the README plot into this directory")
     args = ap.parse_args(argv)
+    cache_from_env()  # the persistent compilation cache (JAXSCRATCH_COMPILE_CACHE=off)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 

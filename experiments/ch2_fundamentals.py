@@ -37,6 +37,7 @@ from jaxscratch.book import stepwise as sw  # noqa: E402
 from jaxscratch.book import stepwise_train as swt  # noqa: E402
 from jaxscratch.data import BOSTON_FEATURES, boston_book_data  # noqa: E402
 from jaxscratch.fileio import write_json_atomic  # noqa: E402
+from jaxscratch.train.compile_cache import cache_from_env  # noqa: E402
 from jaxscratch.train.metrics import mae, r2, rmse  # noqa: E402
 
 BOOK = {  # REFERENCE.md, chapter 2
@@ -217,6 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default="results/ch2_fundamentals", help="output directory")
     ap.add_argument("--figures", default=None, help="also copy the README plot into this directory")
     args = ap.parse_args(argv)
+    cache_from_env()  # the persistent compilation cache (JAXSCRATCH_COMPILE_CACHE=off)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 

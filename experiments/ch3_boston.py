@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 from jaxscratch.fileio import write_json_atomic
+from jaxscratch.train.compile_cache import cache_from_env
 
 BOOK = {  # REFERENCE.md, chapter 3: MAE, RMSE on the 152 test rows
     "linear": (3.52, 5.01),
@@ -39,6 +40,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    cache_from_env()  # the persistent compilation cache (JAXSCRATCH_COMPILE_CACHE=off)
     t_start = time.perf_counter()
     import jax
 

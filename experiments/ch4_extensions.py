@@ -43,6 +43,7 @@ from jaxscratch.ops.losses import mean_squared_error, softmax_cross_entropy
 from jaxscratch.optim.optimizers import Optimizer, sgd, sgd_momentum
 from jaxscratch.optim.schedules import constant, exponential_decay, linear_decay
 from jaxscratch.train import book_rule, fit, metrics, predict
+from jaxscratch.train.compile_cache import cache_from_env
 
 BOOK_SEED = 20190119
 HIDDEN = 89
@@ -253,6 +254,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default=None)
     ap.add_argument("--figures", default=None, help="copy the eval-loss PNG here (README)")
     args = ap.parse_args(argv)
+    cache_from_env()  # the persistent compilation cache (JAXSCRATCH_COMPILE_CACHE=off)
     if args.epochs < 2:
         ap.error("--epochs must be at least 2 (the decay schedules need 2 epochs)")
     deep_epochs = args.deep_epochs or 2 * args.epochs

@@ -50,6 +50,7 @@ from jaxscratch.ops.dense import dense
 from jaxscratch.ops.losses import softmax_cross_entropy
 from jaxscratch.optim.optimizers import sgd_momentum
 from jaxscratch.train import fit, make_step, metrics, predict
+from jaxscratch.train.compile_cache import cache_from_env
 
 BOOK_SEED = 20190402
 BOOK_MNIST_ACCURACY = 90.31
@@ -386,6 +387,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--bench-only", action="store_true", help="only the speed table")
     ap.add_argument("--bench-repeats", type=int, default=15)
     args = ap.parse_args(argv)
+    cache_from_env()  # the persistent compilation cache (JAXSCRATCH_COMPILE_CACHE=off)
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     for m in models:
         if m not in MODELS:

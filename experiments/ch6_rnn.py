@@ -34,6 +34,7 @@ import numpy as np
 from jaxscratch.book import charlm
 from jaxscratch.fileio import write_json_atomic as _write_json_atomic
 from jaxscratch.optim import clipping, optimizers
+from jaxscratch.train.compile_cache import cache_from_env
 
 PLOT_NAME = "ch6_loss_curves.png"
 BOOK = "book: no printed figures; loss curves fall steadily, LSTM->LSTM lowest (100 KB, 62 symbols)"
@@ -101,6 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default="results/ch6_rnn")
     ap.add_argument("--figures", default=None, help="also copy the PNG into this directory")
     args = ap.parse_args(argv)
+    cache_from_env()  # the persistent compilation cache (JAXSCRATCH_COMPILE_CACHE=off)
     lr = args.lr if args.lr is not None else {"adagrad": 0.02, "sgd": 1.0}[args.optimizer]
     models = [m.strip() for m in args.models.split(",") if m.strip()]
 

@@ -50,6 +50,7 @@ from jaxscratch.ops.pool import flatten
 from jaxscratch.ops.reshape import unflatten
 from jaxscratch.optim.optimizers import sgd_momentum
 from jaxscratch.train import fit, predict
+from jaxscratch.train.compile_cache import cache_from_env
 
 BOOK_SEED = 20190501
 BATCH = 60
@@ -176,6 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default="results/ch7_autoencoder")
     ap.add_argument("--figures", default=None, help="also copy the PNGs into this directory")
     args = ap.parse_args(argv)
+    cache_from_env()  # the persistent compilation cache (JAXSCRATCH_COMPILE_CACHE=off)
     if args.epochs < 1 or args.eval_every < 1 or (args.batches is not None and args.batches < 1):
         ap.error("--epochs, --batches and --eval-every must be positive")
     out = Path(args.out)

@@ -35,3 +35,10 @@ def clean_registry():
         if file and not file.startswith(installed):  # a plugin, not jaxscratch or a library
             del sys.modules[name]
     sys.path[:] = path
+
+
+# the CLI and the experiments turn on the persistent compilation cache; the suite (and every
+# process it starts) leaves the user's cache directory alone
+import os  # noqa: E402
+
+os.environ["JAXSCRATCH_COMPILE_CACHE"] = "off"

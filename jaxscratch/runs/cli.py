@@ -12,6 +12,10 @@
 * ``jaxscratch evaluate RUN_DIR [--data NAME|FILE] [--split test|train] [--checkpoint final|best|
   latest|MANIFEST]``: metrics of a saved model.
 
+Compiled programs are kept in the persistent compilation cache (``~/.cache/jaxscratch/xla``), so
+a second run of a config skips compilation; ``JAXSCRATCH_COMPILE_CACHE=off`` turns that off, a
+path moves it.
+
 A user error (a bad argument, config, data file, run directory or checkpoint) is one line on
 stderr, ``jaxscratch COMMAND: message``, and an exit status, never a traceback. Exit status: 0
 success; 1 a failed run (diverged, corrupt or mismatched checkpoint, a failed gradient check); 2 a
@@ -326,6 +330,9 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
     except SystemExit as e:
         return int(e.code or 0) if not isinstance(e.code, str) else EXIT_USAGE
+    from jaxscratch.train.compile_cache import cache_from_env
+
+    cache_from_env()  # a second run loads its compiled programs (JAXSCRATCH_COMPILE_CACHE=off)
     try:
         return int(args.func(args))
     except KeyboardInterrupt:

@@ -1,4 +1,9 @@
-"""Opt-in persistent compilation cache: a second run of the same program loads, not compiles."""
+"""The persistent compilation cache: a second run of the same program loads, not compiles.
+
+The library never turns it on by itself; the ``jaxscratch`` command and the experiments do
+(:func:`cache_from_env`), in the per-user cache directory, unless ``JAXSCRATCH_COMPILE_CACHE``
+says otherwise: ``off`` (or ``0``, ``false``, ``no``) turns it off, a path puts it there.
+"""
 
 from __future__ import annotations
 
@@ -28,3 +33,21 @@ def enable_compilation_cache(directory: str | Path | None = None) -> Path:
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
     return path
+
+
+ENV = "JAXSCRATCH_COMPILE_CACHE"
+_OFF = ("off", "0", "false", "no")
+
+
+def cache_from_env() -> Path | None:
+    """Enable the cache as ``$JAXSCRATCH_COMPILE_CACHE`` says (unset or empty: the default
+    directory; ``off``/``0``/``false``/``no``: not at all; anything else: that directory).
+    Returns the directory, or None when off or when the directory cannot be created (a
+    read-only home must not stop a run: the cache is only a speed-up)."""
+    value = os.environ.get(ENV, "").strip()
+    if value.lower() in _OFF:
+        return None
+    try:
+        return enable_compilation_cache(value or None)
+    except OSError:
+        return None
