@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import jax
@@ -184,7 +185,7 @@ def test_predict_csv_with_or_without_targets_matches_predict(csv_run, tmp_path, 
     np.testing.assert_array_equal(np.load(tmp_path / "p.npy"), expected)
 
 
-def test_predict_refuses_bad_csvs_with_one_line(csv_run, tmp_path, capsys):
+def test_predict_refuses_bad_inputs_with_one_line(csv_run, tmp_path, capsys):
     run_dir, table = csv_run
     swapped = _write_csv(tmp_path / "swap.csv", ["b", "a", "c"], np.delete(table, 1, axis=1))
     with pytest.raises(RunError, match=r"header \['b', 'a', 'c'\] differs .*\['a', 'b', 'c'\]"):
@@ -192,7 +193,17 @@ def test_predict_refuses_bad_csvs_with_one_line(csv_run, tmp_path, capsys):
     two = _write_csv(tmp_path / "two.csv", ["a", "b"], table[:, :2])
     nan = tmp_path / "nan.csv"
     nan.write_text("a,b,c\n1,2,3\n4,nan,6\n")
+    (tmp_path / "junk.npz").write_bytes(b"not a zip")
+    (tmp_path / "text.npy").write_text("1,2,3\n")
+    np.save(tmp_path / "obj.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    np.save(tmp_path / "cplx.npy", np.zeros((2, 3), complex))
+    np.savez(tmp_path / "other.npz", A=np.zeros(3))
     cases = [
+        (tmp_path / "junk.npz", r"junk.npz: not an .npz file \(not a zip archive\)"),
+        (tmp_path / "text.npy", "not a .npy file"),
+        (tmp_path / "obj.npy", "Object arrays cannot be loaded"),
+        (tmp_path / "cplx.npy", "cplx.npy: X has dtype complex128; expected real numbers"),
+        (tmp_path / "other.npz", r"expected an array X \(or X_test\); found \['A'\]"),
         (two, r"2 columns; expected 3 \(the features\) or 4"),
         (nan, "line 3, column 'b'"),
         (tmp_path / "missing.csv", "no such file"),
@@ -203,7 +214,7 @@ def test_predict_refuses_bad_csvs_with_one_line(csv_run, tmp_path, capsys):
         assert _cli(str(run_dir), "--data", str(data), "--out", str(tmp_path / "o.csv")) == 2
         err = capsys.readouterr().err
         assert err.startswith("jaxscratch predict: ") and err.count("\n") == 1, err
-        assert __import__("re").search(message, err), (message, err)
+        assert re.search(message, err), (message, err)
     assert not (tmp_path / "o.csv").exists()
 
 

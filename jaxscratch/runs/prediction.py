@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import io
 import sys
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +56,9 @@ def _data_error(path: Path, message: str) -> RunError:
 
 
 def _read_npy(path: Path) -> np.ndarray:
+    with open(path, "rb") as f:
+        if f.read(6) != b"\x93NUMPY":
+            raise _data_error(path, "not a .npy file (no NumPy array header)")
     try:
         X = np.load(path, allow_pickle=False)
     except (ValueError, OSError, EOFError) as e:
@@ -66,6 +70,8 @@ def _read_npy(path: Path) -> np.ndarray:
 
 def _read_npz(path: Path) -> tuple[np.ndarray, int | None]:
     """``(X, rows of its y or None)`` from an .npz holding X (or X_test)."""
+    if not zipfile.is_zipfile(path):
+        raise _data_error(path, "not an .npz file (not a zip archive)")
     try:
         with np.load(path, allow_pickle=False) as z:
             if not hasattr(z, "files"):
@@ -75,7 +81,7 @@ def _read_npz(path: Path) -> tuple[np.ndarray, int | None]:
                     y_rows = len(z[y_name]) if y_name in z.files else None
                     return z[x_name], y_rows
             found = sorted(z.files)
-    except (ValueError, OSError, EOFError) as e:
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
         raise _data_error(path, f"not a readable .npz archive ({e})") from None
     raise _data_error(path, f"expected an array X (or X_test); found {found}")
 
@@ -200,17 +206,17 @@ def _check_out(out: Path, data: Path, force: bool) -> None:
         raise RunError(f"--out {out}: already exists (pass --force to replace it)", 2)
 
 
-def _outputs(run: LoadedRun, X: np.ndarray) -> np.ndarray:
+def _outputs(run: LoadedRun, X: np.ndarray, data: Path) -> np.ndarray:
     prep: Preprocessing = run.preprocessing
     try:
         Xp = prep.apply(X)
     except ValueError as e:
-        raise RunError(f"--data: {str(e).removeprefix('Preprocessing.apply: ')}", 2) from None
+        raise _data_error(data, str(e).removeprefix("Preprocessing.apply: ")) from None
     with x64(run.config):
         try:
             pred = predict(run.net, run.params, jnp.asarray(Xp), batch_size=10_000)
         except (ValueError, TypeError) as e:
-            raise RunError(f"--data: the rows do not fit the model: {e}", 2) from None
+            raise _data_error(data, f"the rows do not fit the model: {e}") from None
         return np.asarray(pred)
 
 
@@ -234,7 +240,7 @@ def predict_run(
     run = load_run(run_dir, checkpoint, optimizer_state=False)
     stats = read_json(Path(run_dir) / DATA_FILE)
     X, labelled = read_rows(data, run.config, stats, run.preprocessing.n_features)
-    pred = _outputs(run, X)
+    pred = _outputs(run, X, data)
     classification = run.config["loss"] in CLASSIFICATION_LOSSES
     if out.suffix == ".csv":
         header, values = csv_table(pred, classification)
@@ -265,7 +271,8 @@ def format_prediction(result: dict[str, Any]) -> str:
     if result["params_epoch"] != result["epoch"]:
         when += f", params of epoch {result['params_epoch']}"
     line = (
-        f"wrote {result['rows']} {result['task']} predictions ({result['columns']} columns) to "
+        f"wrote {result['rows']} {result['task']} predictions ({result['columns']} column"
+        f"{'s' if result['columns'] != 1 else ''}) to "
         f"{result['out']} from {result['checkpoint']} ({when}); "
         f"{result['non_finite_rows']} non-finite rows"
     )
