@@ -78,8 +78,8 @@ def _read_npz(path: Path) -> tuple[np.ndarray, int | None]:
                 raise _data_error(path, "not an .npz archive (a single .npy array? name it .npy)")
             for x_name, y_name in (("X", "y"), ("X_test", "y_test")):
                 if x_name in z.files:
-                    y_rows = len(z[y_name]) if y_name in z.files else None
-                    return z[x_name], y_rows
+                    y = z[y_name] if y_name in z.files else None
+                    return z[x_name], (int(y.shape[0]) if y is not None and y.ndim else None)
             found = sorted(z.files)
     except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
         raise _data_error(path, f"not a readable .npz archive ({e})") from None
@@ -99,16 +99,18 @@ def _target_columns(target: Any, names: list[str] | None, width: int) -> list[in
     return cols
 
 
-def _csv_layout(cfg: dict[str, Any], saved: list[str] | None, d: int) -> dict[str, Any]:
+def _csv_layout(cfg: dict[str, Any], saved: list[str] | None) -> dict[str, Any]:
+    """The run's CSV reading options (the defaults for a run not trained on a CSV), its number
+    of target columns and its recorded header (``saved``, or None)."""
     spec = cfg["data"] if cfg["data"]["name"] == "csv" else _CSV_DEFAULTS
     target = spec["target"]
     n_targets = len(target) if isinstance(target, list) else 1
-    return {**{k: spec[k] for k in _CSV_DEFAULTS}, "n_targets": n_targets, "d": d, "saved": saved}
+    return {**{k: spec[k] for k in _CSV_DEFAULTS}, "n_targets": n_targets, "saved": saved}
 
 
 def _read_csv(path: Path, cfg: dict[str, Any], stats: dict[str, Any], d: int) -> np.ndarray:
     """The feature columns of a CSV laid out like the run's data, with or without its targets."""
-    lay = _csv_layout(cfg, stats.get("csv_columns"), d)
+    lay = _csv_layout(cfg, stats.get("csv_columns"))
     try:
         values, _ = read_csv(path, [], header=lay["header"], delimiter=lay["delimiter"])
         names = csv_header(path, lay["delimiter"]) if lay["header"] else None
