@@ -79,32 +79,37 @@ def test_initial_state_gradient_is_checked_and_nonzero():
 # ----------------------------------------------------------------------------------- broken ops
 
 
-def _buggy_gru_step(params, x, state):
+def _buggy_gru_recur(W_h, xp, state):
     """The book's GRU: the update gate is computed with the *reset* gate's weights."""
+    W_ru, W_hh = W_h
     (h_prev,) = state
-    r = jax.nn.sigmoid(x @ params["W_xr"] + h_prev @ params["W_hr"] + params["B_r"])
-    u = jax.nn.sigmoid(x @ params["W_xr"] + h_prev @ params["W_hr"] + params["B_u"])  # bug
-    h_bar = jnp.tanh(x @ params["W_xh"] + (r * h_prev) @ params["W_hh"] + params["B_h"])
-    return (u * h_prev + (1.0 - u) * h_bar,), (x, h_prev, r, u, h_bar)
+    n = h_prev.shape[1]
+    pre_r = xp[:, :n] + h_prev @ W_ru[:, :n]  # x W_xr + h W_hr + B_r
+    r = jax.nn.sigmoid(pre_r)
+    u = jax.nn.sigmoid(pre_r)  # bug: should be x W_xu + h W_hu + B_u
+    h_bar = jnp.tanh(xp[:, 2 * n :] + (r * h_prev) @ W_hh)
+    return (u * h_prev + (1.0 - u) * h_bar,), (jnp.concatenate([r, u], axis=1), h_bar)
 
 
 def test_oracle_catches_the_books_gru_update_gate_bug():
-    buggy = rnn.cell_op(rnn.GRU._replace(name="gru_book_bug", step=_buggy_gru_step))
+    buggy = rnn.cell_op(rnn.GRU._replace(name="gru_book_bug", recur=_buggy_gru_recur))
     params, x = _example("gru_cell")
     report = gradcheck.check_op(buggy, params, x)
     assert not report.passed
-    assert any(w in report.detail for w in ("W_xr", "W_hr", "W_xu", "W_hu")), report.detail
+    assert any(w in report.detail for w in ("W_xr", "W_hr", "B_r", "W_xu", "W_hu", "B_u")), (
+        report.detail
+    )
     assert report.vjp_max_rel > 1e-3
     # the same inputs pass with the correct step
     assert gradcheck.check_op(rnn.gru_cell, params, x).passed
 
 
 def test_oracle_catches_bptt_without_the_hidden_to_hidden_path():
-    def truncated_backward(params, cache, dstate):
-        dparams, dx, dprev = rnn.RNN.step_backward(params, cache, dstate)
-        return dparams, dx, tuple(jnp.zeros_like(d) for d in dprev)  # drops dh_{t-1}
+    def truncated_backward(W_h, h_prev, cache, dstate):
+        dxp, dprev = rnn.RNN.recur_backward(W_h, h_prev, cache, dstate)
+        return dxp, tuple(jnp.zeros_like(d) for d in dprev)  # drops dh_{t-1}
 
-    broken = rnn.sequence(rnn.RNN._replace(name="rnn_truncated", step_backward=truncated_backward))
+    broken = rnn.sequence(rnn.RNN._replace(name="rnn_truncated", recur_backward=truncated_backward))
     params, x = _example("sequence[rnn]")
     report = gradcheck.check_op(broken, params, x)
     assert not report.passed

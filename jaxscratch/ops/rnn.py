@@ -42,6 +42,7 @@ from jaxscratch.ops.cells import (
     State,
     _bias,
     _check_step_inputs,
+    _dgate,
     _normal,
     _shape,
     _split_input,
@@ -58,51 +59,61 @@ from jaxscratch.validate import check_positive, check_positive_int
 # a cell over time: lax.scan forward, reverse lax.scan backward (BPTT)
 
 
-def _tree_add(a: Any, b: Any) -> Any:
-    return jax.tree.map(jnp.add, a, b)
-
-
 @functools.partial(jax.jit, static_argnums=0)
-def _scan_forward(cell: Cell, params: CellParams, x: Array, state0: State) -> tuple[Array, Any]:
-    """hs (batch, T, hidden) and the stacked step caches. Jitted (cached per cell and shapes)."""
+def _scan_forward(cell: Cell, params: CellParams, x: Array, state0: State) -> tuple[Array, tuple]:
+    """hs (batch, T, hidden) and the cache ``(fused weights, x, state0, hs (T, batch, hidden),
+    stacked step caches)``. The input projection of all T steps is one product before the scan;
+    only the recurrent part runs step by step. Jitted (cached per cell and shapes)."""
+    fused = cell.fuse(params)
+    W_x, W_h, B = fused
+    n, T, n_in = x.shape
+    xs = jnp.swapaxes(x, 0, 1)  # (T, batch, n_in): time-major, as the scan wants
+    xp = (xs.reshape(T * n, n_in) @ W_x + B).reshape(T, n, -1)
 
-    def body(state, x_t):
-        new, step_cache = cell.step(params, x_t, state)
+    def body(state, xp_t):
+        new, step_cache = cell.recur(W_h, xp_t, state)
         return new, (new[0], step_cache)
 
-    _, (hs, caches) = jax.lax.scan(body, tuple(state0), jnp.swapaxes(x, 0, 1))
-    return jnp.swapaxes(hs, 0, 1), caches
+    _, (hs, caches) = jax.lax.scan(body, tuple(state0), xp)
+    return jnp.swapaxes(hs, 0, 1), (fused, x, tuple(state0), hs, caches)
 
 
 @functools.partial(jax.jit, static_argnums=0)
-def _scan_backward(cell: Cell, params: CellParams, caches: Any, dhs: Array):
-    """BPTT: (dparams, dx (batch, T, n_in), dstate0 tuple). Jitted (cached per cell and shapes)."""
-    dhs_t = jnp.swapaxes(dhs, 0, 1)  # (T, batch, hidden)
+def _scan_backward(cell: Cell, cache: tuple, dhs: Array):
+    """BPTT: (dparams, dx (batch, T, n_in), dstate0 tuple). The reverse scan carries only the
+    state gradients and emits each step's pre-activation gradient ``dxp_t``; ``dW_x``, ``dB``,
+    ``dW_h`` and ``dx`` are then one product each over all steps. Jitted (cached per cell and
+    shapes)."""
+    (W_x, W_h, _), x, state0, hs, caches = cache
+    n, T, n_in = x.shape
+    h_prev = jnp.concatenate([state0[0][None], hs[:-1]], axis=0)  # (T, batch, hidden)
+    dhs_t = jnp.swapaxes(dhs, 0, 1)
     zero_state = tuple(jnp.zeros_like(dhs_t[0]) for _ in range(cell.n_state))
-    zero_params = jax.tree.map(jnp.zeros_like, params)
 
-    def body(carry, inp):
-        dstate, dparams = carry
-        dh_out, step_cache = inp
+    def body(dstate, inp):
+        dh_out, hp, step_cache = inp
         # the gradient reaching h_t: from its own output plus from step t+1 (in dstate)
         dstate = (dstate[0] + dh_out, *dstate[1:])
-        dp, dx_t, dprev = cell.step_backward(params, step_cache, dstate)
-        return (tuple(dprev), _tree_add(dparams, dp)), dx_t
+        dxp_t, dprev = cell.recur_backward(W_h, hp, step_cache, dstate)
+        return tuple(dprev), dxp_t
 
-    (dstate0, dparams), dxs = jax.lax.scan(
-        body, (zero_state, zero_params), (dhs_t, caches), reverse=True
-    )
-    return dparams, jnp.swapaxes(dxs, 0, 1), dstate0
+    dstate0, dxp = jax.lax.scan(body, zero_state, (dhs_t, h_prev, caches), reverse=True)
+    dW_h = cell.recur_wgrad(h_prev, caches, dxp)
+    dW_x, dB = _dgate(dxp, jnp.swapaxes(x, 0, 1))
+    dx = (dxp.reshape(T * n, -1) @ W_x.T).reshape(T, n, n_in)
+    return cell.unfuse(dW_x, dW_h, dB), jnp.swapaxes(dx, 0, 1), dstate0
 
 
 def sequence(cell: Cell, name: str | None = None) -> Op:
     """``cell`` run over time. forward(params, (x, h0[, c0])) -> (hs, cache).
 
     x: (batch, T, n_in); h0, c0: (batch, hidden); hs: (batch, T, hidden), ``hs[:, t]`` the state
-    ``h`` after step t. Forward is a ``lax.scan`` over the time axis. Cache: ``(params, step
-    caches)``, each step-cache array stacked with a leading axis T. Backward (BPTT) is a reverse
-    ``lax.scan``: carry = (gradient into the state after step t, summed parameter gradients);
-    returns ``(dparams, (dx, dh0[, dc0]))``. Both scans are jitted functions (compiled once per
+    ``h`` after step t. The input projection ``x @ W_x + B`` of all T steps is one matrix product;
+    a ``lax.scan`` over time then runs the recurrent part. Cache: ``(fused weights, x, initial
+    states, hs (T, batch, hidden), step caches)``, each step-cache array stacked with a leading
+    axis T. Backward (BPTT) is a reverse ``lax.scan`` whose carry is the gradient into the state
+    after step t; it emits each step's pre-activation gradients, from which the weight, bias and
+    input gradients are one product each; returns ``(dparams, (dx, dh0[, dc0]))``. Both scans are jitted functions (compiled once per
     cell and shapes, so eager calls, e.g. the oracle's finite differences, do not recompile).
     """
     label = name or f"sequence[{cell.name}]"
@@ -112,12 +123,10 @@ def sequence(cell: Cell, name: str | None = None) -> Op:
         if x.ndim != 3 or x.shape[1] == 0:
             raise ValueError(f"{label}: expected x of shape (batch, T >= 1, n_in), got {_shape(x)}")
         _check_step_inputs(label, cell, params, x.shape, state0, "x")
-        hs, caches = _scan_forward(cell, params, x, tuple(state0))
-        return hs, (params, caches)
+        return _scan_forward(cell, params, x, tuple(state0))
 
     def backward(cache: tuple, dhs: Array) -> tuple[CellParams, tuple]:
-        params, caches = cache
-        dparams, dx, dstate0 = _scan_backward(cell, params, caches, dhs)
+        dparams, dx, dstate0 = _scan_backward(cell, cache, dhs)
         return dparams, (dx, *dstate0)
 
     return Op(label, forward, backward)
