@@ -33,6 +33,7 @@ from jaxscratch.oracle.check import check_loss, check_op
 from jaxscratch.runs.loader import load_run
 from jaxscratch.runs.saved import load, save
 from jaxscratch.train.loop import fit, predict
+from jaxscratch.train.many import fit_many, init_many
 from jaxscratch.train.metrics import accuracy, mae, rmse
 from jaxscratch.train.state import TrainState, init_state
 from jaxscratch.train.stopping import EarlyStopping, book_rule
@@ -59,8 +60,10 @@ __all__ = [
     "dropout",
     "exponential_decay",
     "fit",
+    "fit_many",
     "flatten",
     "gru_layer",
+    "init_many",
     "init_params",
     "init_state",
     "linear_decay",

@@ -1,6 +1,6 @@
 """Training: one loop (:func:`fit`) over one compiled period kernel, its state and policies.
 
-* :mod:`~jaxscratch.train.loop`: :func:`fit`.
+* :mod:`~jaxscratch.train.loop`: :func:`fit`; :mod:`~jaxscratch.train.many`: :func:`fit_many` (N runs in one program).
 * :mod:`~jaxscratch.train.state`: :class:`TrainState`, :class:`Best`, :class:`History`,
   :class:`FitResult`, :func:`init_state`, :class:`TrainingDiverged`,
   :class:`EvaluationNotFinite`.
@@ -14,6 +14,7 @@
 
 from jaxscratch.train.compile_cache import default_cache_dir, enable_compilation_cache
 from jaxscratch.train.loop import fit
+from jaxscratch.train.many import ManyHistory, ManyResult, fit_many, init_many
 from jaxscratch.train.programs import make_step, predict
 from jaxscratch.train.progress import ProgressLine
 from jaxscratch.train.state import (
@@ -46,6 +47,10 @@ __all__ = [
     "default_cache_dir",
     "enable_compilation_cache",
     "fit",
+    "fit_many",
+    "init_many",
+    "ManyHistory",
+    "ManyResult",
     "init_state",
     "make_step",
     "predict",

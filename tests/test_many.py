@@ -1,0 +1,130 @@
+"""fit_many: N runs of one model in one program; each run is fit's own run (bitwise with
+mode="map", to float64 rounding with vmap), per-run learning rates, diverged runs frozen and
+named, restore="best" per run, and the final numbers describe the returned params."""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+import pytest
+
+from jaxscratch.core import init_params, serial
+from jaxscratch.data import boston_book_data
+from jaxscratch.ops.dense import dense
+from jaxscratch.ops.dropout import dropout
+from jaxscratch.ops.losses import mean_squared_error
+from jaxscratch.optim.optimizers import sgd, sgd_momentum
+from jaxscratch.train import fit
+from jaxscratch.train.many import fit_many, init_many
+from jaxscratch.train.metrics import mae
+from jaxscratch.train.programs import predict
+
+X, XT, Y, YT = boston_book_data()[:4]
+NET = serial(dense(6, "tanh"), dropout(0.9, inverted=True), dense(1, "linear"))
+EVAL = {"eval_data": (XT, YT), "metrics": {"mae": mae}, "eval_every": 3}
+
+
+def _keys(n: int, seed: int = 0):
+    return jax.random.split(jax.random.key(seed), n)
+
+
+def _leaves_equal(a, b) -> bool:
+    return all(
+        np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True)
+    )
+
+
+@pytest.mark.parametrize("mode", ["map", "vmap"])
+def test_each_run_is_fits_run(mode):
+    """Run i of fit_many (dropout and shuffling included) equals fit with the same init key, key
+    and lr: bitwise with mode="map", within 1e-9 relative with "vmap" (batched products
+    round differently); the final eval numbers are those of the returned params."""
+    keys, init_keys = _keys(2), _keys(2, seed=1)
+    lrs = np.array([0.01, 0.02])
+    res = fit_many(NET, mean_squared_error, sgd_momentum(0.9), init_many(NET, init_keys, (13,)),
+                   X, Y, keys=keys, epochs=5, batch_size=40, lr=lrs, mode=mode, **EVAL)  # fmt: skip
+    for i in range(2):
+        start = init_params(NET, init_keys[i], (13,))[1]
+        one = fit(NET, mean_squared_error, sgd_momentum(0.9), start, X, Y, key=keys[i], epochs=5,
+                  batch_size=40, lr=float(lrs[i]), stopping=None, step_mode="scan", **EVAL)  # fmt: skip
+        if mode == "map":
+            assert _leaves_equal(res.run(i), one.state.params)
+        else:
+            for a, b in zip(
+                jax.tree.leaves(res.run(i)), jax.tree.leaves(one.state.params), strict=True
+            ):
+                np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-10)
+        np.testing.assert_allclose(res.history.eval_loss[i], one.history.eval_loss, rtol=1e-10)
+        np.testing.assert_allclose(res.history.train_loss[i], one.history.train_loss, rtol=1e-10)
+    assert res.history.eval_epochs == [3, 5]
+    pred = predict(NET, res.run(1), XT)
+    assert res.history.final_metrics["mae"][1] == pytest.approx(float(mae(pred, YT)), rel=1e-12)
+    assert list(res.history.diverged_epoch) == [0, 0]
+
+
+def test_a_diverging_run_is_frozen_and_named_while_the_others_train():
+    """lr 1e3 blows up: that run keeps the params from the start of the period in which it went
+    non-finite (equal to fit's params after those epochs), diverged_epoch names the epoch, its
+    later evaluations are NaN; the other run equals its solo fit bitwise (mode="map")."""
+    keys, init_keys = _keys(2), _keys(2, seed=1)
+    start = init_many(NET, init_keys, (13,))
+    res = fit_many(NET, mean_squared_error, sgd(), start, X, Y, keys=keys, epochs=6,
+                   batch_size=40, lr=[0.01, 1e3], mode="map", **EVAL)  # fmt: skip
+    h = res.history
+    d = int(h.diverged_epoch[1])
+    assert h.diverged_epoch[0] == 0 and 1 <= d <= 6
+    assert all(np.isfinite(leaf).all() for leaf in jax.tree.leaves(res.run(1)))
+    kept = 3 * ((d - 1) // 3)  # the start of the period (eval_every 3) in which it diverged
+    assert np.isnan(h.eval_loss[1, kept // 3 :]).all() and np.isfinite(h.eval_loss[0]).all()
+    with pytest.raises(FloatingPointError):  # fit alone diverges too, in that same epoch
+        fit(NET, mean_squared_error, sgd(), init_params(NET, init_keys[1], (13,))[1], X, Y,
+            key=keys[1], epochs=6, batch_size=40, lr=1e3, stopping=None, step_mode="scan")  # fmt: skip
+    if kept == 0:
+        assert _leaves_equal(res.run(1), jax.tree.map(lambda a: a[1], start))
+    else:
+        solo = fit(NET, mean_squared_error, sgd(), init_params(NET, init_keys[1], (13,))[1], X,
+                   Y, key=keys[1], epochs=kept, batch_size=40, lr=1e3, stopping=None,
+                   step_mode="scan")  # fmt: skip
+        assert _leaves_equal(res.run(1), solo.state.params)
+    one = fit(NET, mean_squared_error, sgd(), init_params(NET, init_keys[0], (13,))[1], X, Y,
+              key=keys[0], epochs=6, batch_size=40, lr=0.01, stopping=None, step_mode="scan",
+              **EVAL)  # fmt: skip
+    assert _leaves_equal(res.run(0), one.state.params)
+
+
+def test_restore_best_returns_each_runs_best_evaluated_params():
+    """restore="best": run i's params are those of its lowest eval loss, best_epoch names it and
+    final_eval_loss is exactly that evaluation."""
+    keys = _keys(3)
+    res = fit_many(NET, mean_squared_error, sgd(), init_many(NET, _keys(3, 1), (13,)), X, Y,
+                   keys=keys, epochs=9, batch_size=40, lr=[0.05, 0.2, 0.01], restore="best",
+                   **EVAL)  # fmt: skip
+    h = res.history
+    for i in range(3):
+        j = int(np.argmin(h.eval_loss[i]))
+        assert h.best_epoch[i] == h.eval_epochs[j]
+        assert h.final_eval_loss[i] == pytest.approx(h.eval_loss[i, j], rel=1e-12)
+        pred = predict(NET, res.run(i), XT)
+        assert float(mean_squared_error.forward(pred, YT)[0]) == pytest.approx(
+            h.final_eval_loss[i], rel=1e-12
+        )
+
+
+def test_bad_arguments_are_named():
+    """keys not a key array, params without the run axis, lr of the wrong length, best without
+    eval data, an unknown mode."""
+    P = init_many(NET, _keys(2), (13,))
+    kw = {"epochs": 1, "batch_size": 40}
+    with pytest.raises(TypeError, match="keys must be an array of jax.random keys"):
+        fit_many(NET, mean_squared_error, sgd(), P, X, Y, keys=np.arange(2), **kw)
+    single = init_params(NET, jax.random.key(0), (13,))[1]
+    with pytest.raises(ValueError, match="leading run axis of 2"):
+        fit_many(NET, mean_squared_error, sgd(), single, X, Y, keys=_keys(2), **kw)
+    with pytest.raises(ValueError, match="lr must be a number or 2 numbers"):
+        fit_many(NET, mean_squared_error, sgd(), P, X, Y, keys=_keys(2), lr=[0.1], **kw)
+    with pytest.raises(ValueError, match="restore='best' needs eval_data"):
+        fit_many(NET, mean_squared_error, sgd(), P, X, Y, keys=_keys(2), restore="best", **kw)
+    with pytest.raises(ValueError, match="mode"):
+        fit_many(NET, mean_squared_error, sgd(), P, X, Y, keys=_keys(2), mode="pmap", **kw)
+    with pytest.raises(ValueError, match="learning rate must be a finite number"):
+        fit_many(NET, mean_squared_error, sgd(), P, X, Y, keys=_keys(2), lr=[0.1, -1.0], **kw)
