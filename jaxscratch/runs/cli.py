@@ -295,6 +295,13 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
         default="final",
         help="which checkpoint (default: final)",
     )
+    e.add_argument(
+        "--best",
+        dest="checkpoint",
+        action="store_const",
+        const="best",
+        help="the best evaluated checkpoint (same as --checkpoint best)",
+    )
     e.add_argument("--json", action="store_true", help="print the result as one JSON object")
     e.set_defaults(func=_evaluate)
 
