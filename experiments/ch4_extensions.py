@@ -18,7 +18,8 @@ Usage:
     python experiments/ch4_extensions.py --dataset mnist --data-dir /work/shared/data/mnist
     python experiments/ch4_extensions.py --dataset fashion-mnist --epochs 10 --rows 1,2,3
 Options: --epochs N (the 50-epoch rows; the deep row runs 2N), --deep-epochs, --rows, --seed,
---eval-every (early-stopping period), --out DIR (default results/ch4_extensions_<dataset>),
+--eval-every (early-stopping period), --seeds N (each row as N seeds trained at once with
+fit_many; writes results_seeds.json and prints mean ± std), --out DIR (default results/ch4_extensions_<dataset>),
 --figures DIR (copy the small eval-loss PNG there for the README).
 Writes results.json, eval_loss.png and misclassified.png into the out dir.
 """
@@ -33,6 +34,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from jaxscratch import data as D
@@ -42,7 +44,7 @@ from jaxscratch.ops.dense import dense
 from jaxscratch.ops.losses import mean_squared_error, softmax_cross_entropy
 from jaxscratch.optim.optimizers import Optimizer, sgd, sgd_momentum
 from jaxscratch.optim.schedules import constant, exponential_decay, linear_decay
-from jaxscratch.train import book_rule, fit, metrics, predict
+from jaxscratch.train import book_rule, fit, fit_many, init_many, metrics, predict
 from jaxscratch.train.compile_cache import cache_from_env
 
 BOOK_SEED = 20190119
@@ -175,6 +177,53 @@ def train_row(row, ds, epochs: int, seed: int, eval_every: int, log) -> dict[str
     }
 
 
+def train_row_seeds(row, ds, epochs: int, seed: int, n: int, eval_every: int, log) -> dict:
+    """The row trained with seeds ``seed .. seed + n - 1`` at once (:func:`jaxscratch.train.fit_many`,
+    the book's early-stopping rule applied to each run); accuracy mean, std, min and max."""
+    net, loss, opt = build(row)
+    pairs = [jax.random.split(jax.random.key(seed + i)) for i in range(n)]
+    init_keys = jnp.stack([p[0] for p in pairs])
+    fit_keys = jnp.stack([p[1] for p in pairs])
+    t0 = time.perf_counter()
+    res = fit_many(
+        net, loss, opt, init_many(net, init_keys, (ds.X_train.shape[1],)), ds.X_train,
+        ds.y_train, keys=fit_keys, epochs=epochs, batch_size=BATCH, lr=make_schedule(row, epochs),
+        eval_data=(ds.X_test, ds.y_test), eval_every=eval_every, stopping="book",
+        metrics={"accuracy": metrics.accuracy},
+    )  # fmt: skip
+    acc = 100.0 * res.history.final_metrics["accuracy"]
+    seconds = time.perf_counter() - t0
+    log(f"  [{row.key}] {n} seeds in {seconds:.1f} s: {acc.mean():.2f} +- {acc.std(ddof=1):.2f}% "
+        f"(min {acc.min():.2f}, max {acc.max():.2f}); stopped at {list(res.history.stopped_epoch)}")  # fmt: skip
+    return {
+        "key": row.key,
+        "label": row.label,
+        "seeds": list(range(seed, seed + n)),
+        "accuracy_per_seed": acc.tolist(),
+        "accuracy_mean": float(acc.mean()),
+        "accuracy_std": float(acc.std(ddof=1)),
+        "stopped_epoch": res.history.stopped_epoch.tolist(),
+        "diverged_epoch": res.history.diverged_epoch.tolist(),
+        "book_mnist": row.book,
+        "settings": describe(row, epochs),
+        "seconds": seconds,
+    }
+
+
+def seeds_table(results: list[dict], dataset: str) -> str:
+    n = len(results[0]["seeds"])
+    lines = [
+        f"| step | ours: {dataset} test accuracy, mean ± std over {n} seeds | min - max | "
+        "book (MNIST, one seed) |",
+        "|---|---|---|---|",
+    ]
+    for r in results:
+        acc = r["accuracy_per_seed"]
+        lines.append(f"| {r['label']} | {r['accuracy_mean']:.2f} ± {r['accuracy_std']:.2f}% | "
+                     f"{min(acc):.2f} - {max(acc):.2f}% | {r['book_mnist']:.2f}% |")  # fmt: skip
+    return "\n".join(lines)
+
+
 def markdown_table(results: list[dict], dataset: str) -> str:
     book_col = "book (MNIST)" if dataset == "mnist" else "book (MNIST, for reference)"
     lines = [
@@ -251,6 +300,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--eval-every", type=int, default=10, help="early-stopping check period")
     ap.add_argument("--rows", default=None, help="comma-separated row numbers (1-8) or keys")
     ap.add_argument("--seed", type=int, default=BOOK_SEED)
+    ap.add_argument("--seeds", type=int, default=None,
+                    help="train each row with N seeds at once (fit_many); report mean ± std")  # fmt: skip
     ap.add_argument("--out", default=None)
     ap.add_argument("--figures", default=None, help="copy the eval-loss PNG here (README)")
     args = ap.parse_args(argv)
@@ -278,6 +329,8 @@ def main(argv: list[str] | None = None) -> int:
         f"pixel mean {ds.mean:.4f}, std {ds.std:.4f}; jax {jax.__version__} on "
         f"{jax.devices()[0].platform}, float32")  # fmt: skip
 
+    if args.seeds is not None:
+        return run_seeds(args, rows, ds, deep_epochs, out, log)
     results = []
     t_all = time.perf_counter()
     for row in rows:
@@ -333,6 +386,32 @@ def main(argv: list[str] | None = None) -> int:
         size = (figs / name).stat().st_size
         log(f"copied eval_loss.png to {figs / name} ({size // 1024} KB)")
     log(f"wrote {out / 'results.json'}, {out / 'eval_loss.png'}, {out / 'misclassified.png'}")
+    return 0
+
+
+def run_seeds(args, rows, ds, deep_epochs: int, out: Path, log) -> int:
+    """--seeds N: every row as N runs in one program; the table of means and spreads."""
+    if args.seeds < 2:
+        raise SystemExit("ch4_extensions: --seeds needs at least 2 seeds (a spread of one is 0)")
+    results, t_all = [], time.perf_counter()
+    for row in rows:
+        epochs = deep_epochs if row.deep else args.epochs
+        log(f"row {row.key}: {row.label}, {epochs} epochs, {args.seeds} seeds")
+        results.append(
+            train_row_seeds(row, ds, epochs, args.seed, args.seeds, args.eval_every, log)
+        )
+    table = seeds_table(results, args.dataset)
+    print()
+    print(table)
+    total = time.perf_counter() - t_all
+    print(f"\ntotal training time {total:.0f} s")
+    _write_json_atomic(out / "results_seeds.json", {
+        "experiment": "ch4_extensions --seeds", "dataset": args.dataset, "seeds": args.seeds,
+        "first_seed": args.seed, "epochs": args.epochs, "deep_epochs": deep_epochs,
+        "eval_every": args.eval_every, "rows": results, "total_seconds": total,
+        "table_markdown": table,
+    })  # fmt: skip
+    log(f"wrote {out / 'results_seeds.json'}")
     return 0
 
 

@@ -155,3 +155,18 @@ def test_the_books_rule_per_run_equals_fit_with_book_rule():
         )
         stops.append(one.history.stopped_early)
     assert any(stops), "the example must make at least one run stop early"
+
+
+def test_a_shared_schedule_is_fits_schedule():
+    """lr=linear_decay(...) is read per period for every run, as fit reads it."""
+    from jaxscratch.optim.schedules import linear_decay
+
+    keys, init_keys = _keys(2, seed=7), _keys(2, seed=8)
+    sched = linear_decay(0.02, 0.005, 5)
+    res = fit_many(NET, mean_squared_error, sgd(), init_many(NET, init_keys, (13,)), X, Y,
+                   keys=keys, epochs=5, batch_size=40, lr=sched, **EVAL)  # fmt: skip
+    one = fit(NET, mean_squared_error, sgd(), init_params(NET, init_keys[1], (13,))[1], X, Y,
+              key=keys[1], epochs=5, batch_size=40, lr=sched, stopping=None, step_mode="scan",
+              **EVAL)  # fmt: skip
+    _close(res.run(1), one.state.params)
+    assert np.isnan(res.history.lr).all()

@@ -13,7 +13,8 @@ stacked along a leading run axis of size N::
                    lr=0.01, eval_data=(X_test, y_test), metrics={"mae": mae})
     res.history.final_metrics["mae"]                          # (16,): one figure per run
 
-``lr``: one number for every run or one per run (a grid, e.g. ``np.repeat([0.1, 0.01], 8)``).
+``lr``: one number for every run, one per run (a grid, e.g. ``np.repeat([0.1, 0.01], 8)``), or a
+schedule ``schedule(epoch_index) -> lr`` shared by every run (``history.lr`` is then NaN).
 Policy (decided and tested): ``stopping=None`` (default): no run stops early; ``stopping="book"``:
 the book's rule (:func:`~jaxscratch.train.stopping.book_rule` with ``every=eval_every``) per run:
 at an evaluation at a multiple of ``eval_every``, a run whose eval loss is not lower than its
@@ -45,7 +46,7 @@ import numpy as np
 
 from jaxscratch.core import Array, Loss, Op, Params, init_params
 from jaxscratch.optim.optimizers import Optimizer
-from jaxscratch.train.inputs import device_data, lr_dtype
+from jaxscratch.train.inputs import LearningRates, device_data, lr_dtype
 from jaxscratch.train.loop import Metrics, _batching
 from jaxscratch.train.programs import Kernel, evaluator, period_kernel
 from jaxscratch.validate import check_choice, check_lr, check_positive_int, is_number
@@ -110,7 +111,10 @@ def _runs(keys: Any, params: Params) -> int:
     return n
 
 
-def _rates(lr: Any, n: int) -> np.ndarray:
+def _rates(lr: Any, n: int) -> np.ndarray | None:
+    """Per-run constant rates (N,), or None for a schedule shared by every run."""
+    if callable(lr):
+        return None
     if is_number(lr):
         return np.full(n, check_lr("fit_many", lr))
     rates = np.asarray(lr, dtype=object) if not isinstance(lr, np.ndarray) else lr
@@ -172,6 +176,7 @@ def fit_many(
     if (restore == "best" or stopping) and eval_data is None:
         raise ValueError("fit_many: restore='best' and stopping='book' need eval_data")
     rates = _rates(lr, n)
+    schedule = LearningRates(lr, epochs) if rates is None else None
     Xd, yd = device_data("training", X, y)
     batching, _ = _batching(int(Xd.shape[0]), batch_size, shuffle, None, steps_per_epoch,
                             False, epochs)  # fmt: skip
@@ -189,7 +194,10 @@ def fit_many(
     while done < epochs:
         count = min((done // eval_every + 1) * eval_every, epochs) - done
         ids = np.arange(done, done + count, dtype=np.int32)
-        lrs = np.repeat(rates[:, None], count, axis=1).astype(dtype)
+        if schedule is not None:  # one schedule for every run, read one period at a time
+            lrs = np.repeat(schedule.array(done, count, dtype)[None], n, axis=0)
+        elif rates is not None:
+            lrs = np.repeat(rates[:, None], count, axis=1).astype(dtype)
         rows = np.zeros((count, 0), np.int32)
         p2, s2, p_prev, s_prev, losses, finite = run(p, s, Xd, yd, ids, lrs, rows, keys)
         ok = loop.record_train(done, np.asarray(losses), np.asarray(finite))
@@ -209,10 +217,11 @@ def fit_many(
 class _Loop:
     """The host side of :func:`fit_many`: who is alive, the history, each run's best."""
 
-    def __init__(self, n: int, rates: np.ndarray, restore: str, sizes: np.ndarray):
+    def __init__(self, n: int, rates: np.ndarray | None, restore: str, sizes: np.ndarray):
         self.alive = np.ones(n, bool)
         self.restore, self.sizes = restore, sizes
-        self.history = ManyHistory(lr=rates, diverged_epoch=np.zeros(n, np.int64))
+        lr = rates if rates is not None else np.full(n, np.nan)
+        self.history = ManyHistory(lr=lr, diverged_epoch=np.zeros(n, np.int64))
         self.history.best_epoch = np.zeros(n, np.int64)
         self.train: list[np.ndarray] = []
         self.evals: list[tuple[np.ndarray, dict[str, np.ndarray]]] = []
