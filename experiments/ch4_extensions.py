@@ -194,7 +194,7 @@ def train_row_seeds(row, ds, epochs: int, seed: int, n: int, eval_every: int, lo
     acc = 100.0 * res.history.final_metrics["accuracy"]
     seconds = time.perf_counter() - t0
     log(f"  [{row.key}] {n} seeds in {seconds:.1f} s: {acc.mean():.2f} +- {acc.std(ddof=1):.2f}% "
-        f"(min {acc.min():.2f}, max {acc.max():.2f}); stopped at {list(res.history.stopped_epoch)}")  # fmt: skip
+        f"(min {acc.min():.2f}, max {acc.max():.2f}); stopped at {res.history.stopped_epoch.tolist()}")  # fmt: skip
     return {
         "key": row.key,
         "label": row.label,
