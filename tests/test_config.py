@@ -314,3 +314,34 @@ def test_example_configs_validate_and_build(clean_registry):
         )
         model = config.build_model(cfg)
         assert model.schedule(cfg["epochs"] - 1) > 0
+
+
+def test_unflatten_and_batch_norm_layers_build_and_check_their_keys():
+    """type = "unflatten" (shape) and "batch_norm" (momentum, eps) build; bad values name the key."""
+    raw = {
+        "name": "t",
+        "seed": 0,
+        "epochs": 1,
+        "batch_size": 4,
+        "loss": "mean_squared_error",
+        "data": {"name": "boston"},
+        "layers": [
+            {"type": "dense", "neurons": 12},
+            {"type": "unflatten", "shape": [3, 4]},
+            {"type": "flatten"},
+            {"type": "batch_norm", "momentum": 0.8},
+            {"type": "dense", "neurons": 1},
+        ],
+        "optimizer": {"name": "sgd", "lr": 0.1},
+    }
+    net = config.build_net(config.validate(raw))
+    assert "unflatten[3x4]" in net.name and "batch_norm[0.8,1e-05]" in net.name
+    assert net.update is not None  # stateful, through serial
+    for layer, message in [
+        ({"type": "unflatten", "shape": [0]}, r"layers\[1\].shape\[0\]"),
+        ({"type": "unflatten", "shape": 12}, r"layers\[1\].shape: expected an array"),
+        ({"type": "batch_norm", "eps": 0}, r"layers\[1\].eps"),
+    ]:
+        bad = {**raw, "layers": [raw["layers"][0], layer, {"type": "dense", "neurons": 1}]}
+        with pytest.raises(config.ConfigError, match=message):
+            config.validate(bad)

@@ -21,6 +21,7 @@ from jaxscratch.ops.dense import dense
 from jaxscratch.ops.dropout import dropout
 from jaxscratch.ops.init import INITS
 from jaxscratch.ops.pool import flatten, make_max_pool2d
+from jaxscratch.ops.reshape import unflatten
 from jaxscratch.ops.rnn import recurrent_layer
 from jaxscratch.runs.schema import (
     REQUIRED,
@@ -82,6 +83,12 @@ def _kernel_check(key: str, value: Any) -> int | list[int]:
             raise ConfigError(f"{key}: expected an integer or [kh, kw], got {value!r}")
         return [int_check(1)(f"{key}[{i}]", v) for i, v in enumerate(value)]
     return int_check(1)(key, value)
+
+
+def _shape_check(key: str, value: Any) -> list[int]:
+    if not isinstance(value, list) or not value:
+        raise ConfigError(f"{key}: expected an array of positive integers, got {value!r}")
+    return [int_check(1)(f"{key}[{i}]", v) for i, v in enumerate(value)]
 
 
 def _padding_check(key: str, value: Any) -> str | int:
@@ -193,6 +200,11 @@ LAYERS: dict[str, LayerType] = {
     ),
     "flatten": LayerType(
         {"type": _TYPE}, lambda spec, dtype: flatten, "(batch, ...) -> (batch, features)"
+    ),
+    "unflatten": LayerType(
+        {"type": _TYPE, "shape": Field(_shape_check, REQUIRED, "e.g. [7, 28, 28]")},
+        lambda spec, dtype: unflatten(tuple(spec["shape"])),
+        "(batch, prod(shape)) -> (batch, *shape), e.g. a decoder's dense output to images",
     ),
     "dropout": LayerType(
         {
