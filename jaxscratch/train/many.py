@@ -170,23 +170,14 @@ def fit_many(
     epochs = check_positive_int("fit_many", "epochs", epochs)
     eval_every = check_positive_int("fit_many", "eval_every", eval_every)
     batch_size = check_positive_int("fit_many", "batch_size", batch_size)
-    restore = check_choice("fit_many", "restore", restore, ("last", "best"))
-    if stopping is not None:
-        stopping = check_choice("fit_many", "stopping", stopping, ("book",))
-    if (restore == "best" or stopping) and eval_data is None:
-        raise ValueError("fit_many: restore='best' and stopping='book' need eval_data")
+    _check_policy(restore, stopping, eval_data)
     rates = _rates(lr, n)
     schedule = LearningRates(lr, epochs) if rates is None else None
     Xd, yd = device_data("training", X, y)
     batching, _ = _batching(int(Xd.shape[0]), batch_size, shuffle, None, steps_per_epoch,
                             False, epochs)  # fmt: skip
     run = _vmapped(period_kernel(net, loss, optimizer, batching))
-    score = None
-    if eval_data is not None:
-        Xe, ye = device_data("eval", *eval_data)
-        ev = evaluator(net, loss, tuple(sorted((metrics or {}).items())))
-        vev = _vmapped_eval(ev)
-        score = lambda p: vev(p, Xe, ye)  # noqa: E731
+    score = _scorer(net, loss, metrics, eval_data)
     loop = _Loop(n, rates, restore, batching.sizes())
     p, s = params, jax.vmap(optimizer.init)(params)
     dtype = lr_dtype(params)
@@ -194,10 +185,7 @@ def fit_many(
     while done < epochs:
         count = min((done // eval_every + 1) * eval_every, epochs) - done
         ids = np.arange(done, done + count, dtype=np.int32)
-        if schedule is not None:  # one schedule for every run, read one period at a time
-            lrs = np.repeat(schedule.array(done, count, dtype)[None], n, axis=0)
-        elif rates is not None:
-            lrs = np.repeat(rates[:, None], count, axis=1).astype(dtype)
+        lrs = _period_rates(schedule, rates, done, count, n, dtype)
         rows = np.zeros((count, 0), np.int32)
         p2, s2, p_prev, s_prev, losses, finite = run(p, s, Xd, yd, ids, lrs, rows, keys)
         ok = loop.record_train(done, np.asarray(losses), np.asarray(finite))
@@ -212,6 +200,30 @@ def fit_many(
         if not loop.alive.any():
             break  # every run stopped or diverged
     return loop.result(p, s, score)
+
+
+def _check_policy(restore: str, stopping: str | None, eval_data: Any) -> None:
+    check_choice("fit_many", "restore", restore, ("last", "best"))
+    if stopping is not None:
+        check_choice("fit_many", "stopping", stopping, ("book",))
+    if (restore == "best" or stopping) and eval_data is None:
+        raise ValueError("fit_many: restore='best' and stopping='book' need eval_data")
+
+
+def _scorer(net: Op, loss: Loss, metrics: Metrics | None, eval_data: Any) -> Any:
+    """``score(stacked params) -> (losses (N,), {metric: (N,)})``, or None without eval data."""
+    if eval_data is None:
+        return None
+    Xe, ye = device_data("eval", *eval_data)
+    vev = _vmapped_eval(evaluator(net, loss, tuple(sorted((metrics or {}).items()))))
+    return lambda p: vev(p, Xe, ye)
+
+
+def _period_rates(schedule: Any, rates: Any, first: int, count: int, n: int, dtype) -> np.ndarray:
+    """(N, count) learning rates: the shared schedule's, or each run's constant one."""
+    if schedule is not None:  # read one period at a time
+        return np.repeat(schedule.array(first, count, dtype)[None], n, axis=0)
+    return np.repeat(rates[:, None], count, axis=1).astype(dtype)
 
 
 class _Loop:
