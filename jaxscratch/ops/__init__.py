@@ -7,7 +7,21 @@ test fails for an op module-level ``Op`` that is not registered.
 """
 
 from jaxscratch.core import Entry, LossEntry, registered, registered_losses
-from jaxscratch.ops import activations, cells, conv, dense, dropout, init, losses, pool, rnn  # noqa: F401
+from jaxscratch.ops import (  # noqa: F401
+    activations,
+    batchnorm,
+    cells,
+    combinators,
+    conv,
+    dense,
+    dropout,
+    embedding,
+    init,
+    losses,
+    pool,
+    reshape,
+    rnn,
+)
 
 
 def registry() -> dict[str, Entry]:

@@ -4,6 +4,14 @@
 ``glorot_normal``: normal with std ``sqrt(2 / (fan_in + fan_out))`` (Glorot & Bengio 2010; the 2019
 book code omitted the square root). Fans: for a matrix ``(fan_in, fan_out)``; for a conv kernel
 ``(C_out, C_in, k, k)``, ``fan_in = C_in*k*k`` and ``fan_out = C_out*k*k``.
+``he`` / ``he_uniform``: He/Kaiming (He et al. 2015, for ReLU layers): normal with std
+``sqrt(2 / fan_in)``, or uniform on ``[-b, b]`` with ``b = sqrt(6 / fan_in)`` (the same variance).
+
+:data:`INITIALIZERS` maps every name to its function and :func:`initialize` draws by name; an op
+of its own accepts any of them with :func:`check_initializer`. :data:`INITS` (checked by
+:func:`check_init`) lists the names ``dense`` and ``conv2d`` understand today: they pick their
+scale by comparing ``init`` to ``"normal"``, so a name they do not know would silently get the
+Glorot scale; ``he`` joins ``INITS`` when they draw through :func:`initialize`.
 """
 
 from __future__ import annotations
@@ -50,7 +58,45 @@ def glorot_normal(
     return normal(key, shape, dtype, scale=glorot_scale(*fans(shape)))
 
 
+def he_scale(fan_in: int) -> float:
+    """He/Kaiming normal standard deviation ``sqrt(2 / fan_in)``."""
+    return (2.0 / fan_in) ** 0.5
+
+
+def he_normal(key: jax.Array, shape: tuple[int, ...], dtype: DTypeLike | None = None) -> jax.Array:
+    """Normal draws with std ``sqrt(2 / fan_in)`` (see :func:`fans`)."""
+    return normal(key, shape, dtype, scale=he_scale(fans(shape)[0]))
+
+
+def he_uniform(key: jax.Array, shape: tuple[int, ...], dtype: DTypeLike | None = None) -> jax.Array:
+    """Uniform draws on ``[-b, b]``, ``b = sqrt(6 / fan_in)``: variance ``2 / fan_in``, as
+    :func:`he_normal`."""
+    bound = 3.0**0.5 * he_scale(fans(shape)[0])
+    dtype = dtype or jnp.result_type(float)
+    return jax.random.uniform(key, shape, dtype, minval=-bound, maxval=bound)
+
+
 INITS: dict[str, str] = {"normal": "standard normal", "glorot": "Glorot normal"}
+
+INITIALIZERS: dict[str, Initializer] = {
+    "normal": normal,
+    "glorot": glorot_normal,
+    "he": he_normal,
+    "he_uniform": he_uniform,
+}
+
+
+def initialize(
+    name: str, key: jax.Array, shape: tuple[int, ...], dtype: DTypeLike | None = None
+) -> jax.Array:
+    """A weight of ``shape`` drawn by the initialiser ``name`` (a key of :data:`INITIALIZERS`)."""
+    return INITIALIZERS[check_initializer("initialize", name)](key, shape, dtype)
+
+
+def check_initializer(fn: str, init: str) -> str:
+    """``init`` if it names one of :data:`INITIALIZERS` (``he`` included); else
+    ``TypeError``/``ValueError`` naming ``fn`` and the allowed names."""
+    return check_choice(fn, "init", init, INITIALIZERS)
 
 
 def check_init(fn: str, init: str) -> str:
