@@ -18,6 +18,7 @@ from jaxscratch.ops import (  # noqa: F401
     embedding,
     init,
     losses,
+    norm,
     pool,
     reshape,
     rnn,
