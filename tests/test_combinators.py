@@ -1,0 +1,130 @@
+"""residual and parallel: values, inferred shapes, the fan-out's summed dx, keys, state, refusals."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxscratch.core import Op, apply, init_params, serial
+from jaxscratch.ops import registry
+from jaxscratch.ops.activations import sigmoid, tanh
+from jaxscratch.ops.batchnorm import batch_norm
+from jaxscratch.ops.combinators import parallel, residual
+from jaxscratch.ops.dense import dense
+from jaxscratch.ops.dropout import dropout
+from jaxscratch.ops.embedding import embedding
+from jaxscratch.oracle.check import check_op
+
+
+def _x(shape: tuple[int, ...], seed: int = 0) -> jax.Array:
+    return jnp.asarray(np.random.default_rng(seed).standard_normal(shape) + 0.2, jnp.float64)
+
+
+def test_residual_adds_the_input_and_its_dx():
+    f = serial(dense(6, "tanh"), dense(4, "sigmoid"))
+    op = residual(f)
+    shape, params = init_params(op, jax.random.key(0), (4,))
+    assert shape == (4,) and len(params) == 2  # f's params, unchanged
+    x = _x((3, 4))
+    y, cache = op.forward(params, x)
+    fx, fcache = f.forward(params, x)
+    np.testing.assert_allclose(y, x + fx, rtol=1e-14)
+    dy = _x((3, 4), 1)
+    dp, dx = op.backward(cache, dy)
+    dpf, dxf = f.backward(fcache, dy)
+    np.testing.assert_allclose(dx, dy + dxf, rtol=1e-14)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-14), dp, dpf)
+
+
+def test_parallel_concat_joins_outputs_and_infers_shapes():
+    op = parallel(dense(3, "tanh"), dense(5, "sigmoid"), combine="concat")
+    shape, params = init_params(op, jax.random.key(1), (4,))
+    assert shape == (8,) and len(params) == 2 and params[1]["W"].shape == (4, 5)
+    x = _x((2, 4))
+    y, _ = op.forward(params, x)
+    a, _ = dense(3, "tanh").forward(params[0], x)
+    np.testing.assert_allclose(
+        y, jnp.concatenate([a, dense(5, "sigmoid").forward(params[1], x)[0]], 1)
+    )
+
+
+def test_parallel_concat_on_channels_of_images():
+    op = parallel(tanh, sigmoid, tanh, combine="concat", axis=1)
+    assert init_params(op, jax.random.key(0), (3, 4, 5))[0] == (9, 4, 5)
+    x = _x((2, 3, 4, 5))
+    y, _ = op.forward(((), (), ()), x)
+    assert y.shape == (2, 9, 4, 5)
+    np.testing.assert_allclose(y[:, 3:6], jax.nn.sigmoid(x), rtol=1e-14)
+    _, dx = op.backward(op.forward(((), (), ()), x)[1], jnp.ones_like(y))
+    np.testing.assert_allclose(
+        dx, 2 * (1 - jnp.tanh(x) ** 2) + jax.nn.sigmoid(x) * (1 - jax.nn.sigmoid(x))
+    )
+
+
+def test_the_fan_out_dx_must_be_the_sum_of_the_branches():
+    """The oracle fails a parallel whose backward keeps only the last branch's dx."""
+    good = registry()["parallel[sum]"]
+    params, x = good.example(jax.random.key(0))
+
+    def last_branch_only(cache, dy):
+        grads, _ = good.op.backward(cache, dy)
+        ops = (dense(5, "tanh"), dense(5, "linear"), dense(5, "sigmoid"))
+        return grads, ops[-1].backward(cache[0][-1], dy)[1]
+
+    bad = Op("bad", good.op.forward, last_branch_only)
+    assert not check_op(bad, params, x).passed
+
+
+def test_fan_out_of_integer_ids_keeps_the_float0_cotangent():
+    op = parallel(embedding(7, 4), embedding(7, 4))
+    _, params = init_params(op, jax.random.key(0), (5,))
+    ids = jnp.array([[0, 2, 2, 6, 1], [3, 3, 0, 1, 2]])
+    _, cache = op.forward(params, ids)
+    _, dx = op.backward(cache, _x((2, 5, 4)))
+    assert dx.dtype == jax.dtypes.float0 and dx.shape == ids.shape
+    report = check_op(op, params, ids)
+    assert report.passed, report.detail
+
+
+def test_keys_and_state_pass_through():
+    op = parallel(dropout(0.5), tanh)
+    assert op.stochastic and residual(dropout(0.5)).stochastic
+    x = _x((3, 6))
+    y1, _ = apply(op, ((), ()), x, key=jax.random.key(3))
+    y2, _ = apply(op, ((), ()), x, key=jax.random.key(3))
+    y3, _ = apply(op, ((), ()), x, key=jax.random.key(4))
+    np.testing.assert_array_equal(y1, y2)
+    assert not np.array_equal(y1, y3)
+    for op in (residual(batch_norm()), parallel(batch_norm(), tanh)):
+        assert op.update is not None
+        _, params = init_params(op, jax.random.key(0), (6,))
+        _, cache = apply(op, params, x, train=True)
+        new = op.update(params, cache)
+        bn_old, bn_new = (params, new) if "running_mean" in params else (params[0], new[0])
+        assert not np.allclose(bn_new["running_mean"], bn_old["running_mean"])
+    assert parallel(tanh, sigmoid).update is None and not parallel(tanh).stochastic
+
+
+def test_bad_combinations_are_refused():
+    with pytest.raises(ValueError, match="residual.*must keep the shape"):
+        init_params(residual(dense(3)), jax.random.key(0), (4,))
+    with pytest.raises(ValueError, match="residual.*must keep the shape"):
+        residual(dense(3)).forward({"W": _x((4, 3)), "B": _x((1, 3))}, _x((2, 4)))
+    with pytest.raises(ValueError, match=r"parallel\[sum\].*differ"):
+        init_params(parallel(dense(3), dense(4)), jax.random.key(0), (4,))
+    with pytest.raises(ValueError, match="axis 0 is not a non-batch axis"):
+        init_params(parallel(tanh, tanh, combine="concat", axis=0), jax.random.key(0), (4,))
+    with pytest.raises(ValueError, match="axis -3 is not a non-batch axis"):
+        parallel(tanh, tanh, combine="concat", axis=-3).forward(((), ()), _x((2, 4)))
+    with pytest.raises(ValueError, match="parallel: combine must be one of 'sum', 'concat'"):
+        parallel(tanh, combine="mean")
+    with pytest.raises(TypeError, match="parallel: axis must be an integer"):
+        parallel(tanh, axis=1.0)
+    with pytest.raises(TypeError, match="parallel: argument 1 is .*, not an Op"):
+        parallel(tanh, jnp.tanh)
+    with pytest.raises(ValueError, match="parallel: needs at least one op"):
+        parallel()
+    with pytest.raises(ValueError, match="expected params for 2 branches, got 1"):
+        parallel(tanh, sigmoid).forward(((),), _x((2, 3)))
