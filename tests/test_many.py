@@ -47,15 +47,15 @@ def test_each_run_is_fits_run():
     keys, init_keys = _keys(2), _keys(2, seed=1)
     lrs = np.array([0.01, 0.02])
     res = fit_many(NET, mean_squared_error, sgd_momentum(0.9), init_many(NET, init_keys, (13,)),
-                   X, Y, keys=keys, epochs=5, batch_size=40, lr=lrs, **EVAL)  # fmt: skip
+                   X, Y, keys=keys, epochs=6, batch_size=40, lr=lrs, **EVAL)  # fmt: skip
     for i in range(2):
         start = init_params(NET, init_keys[i], (13,))[1]
-        one = fit(NET, mean_squared_error, sgd_momentum(0.9), start, X, Y, key=keys[i], epochs=5,
+        one = fit(NET, mean_squared_error, sgd_momentum(0.9), start, X, Y, key=keys[i], epochs=6,
                   batch_size=40, lr=float(lrs[i]), stopping=None, step_mode="scan", **EVAL)  # fmt: skip
         _close(res.run(i), one.state.params)
         np.testing.assert_allclose(res.history.eval_loss[i], one.history.eval_loss, rtol=1e-10)
         np.testing.assert_allclose(res.history.train_loss[i], one.history.train_loss, rtol=1e-10)
-    assert res.history.eval_epochs == [3, 5]
+    assert res.history.eval_epochs == [3, 6]
     pred = predict(NET, res.run(1), XT)
     assert res.history.final_metrics["mae"][1] == pytest.approx(float(mae(pred, YT)), rel=1e-12)
     assert list(res.history.diverged_epoch) == [0, 0]
@@ -75,9 +75,6 @@ def test_a_diverging_run_is_frozen_and_named_while_the_others_train():
     assert all(np.isfinite(leaf).all() for leaf in jax.tree.leaves(res.run(1)))
     kept = 3 * ((d - 1) // 3)  # the start of the period (eval_every 3) in which it diverged
     assert np.isnan(h.eval_loss[1, kept // 3 :]).all() and np.isfinite(h.eval_loss[0]).all()
-    with pytest.raises(FloatingPointError):  # fit alone diverges too, in that same epoch
-        fit(NET, mean_squared_error, sgd(), init_params(NET, init_keys[1], (13,))[1], X, Y,
-            key=keys[1], epochs=6, batch_size=40, lr=1e3, stopping=None, step_mode="scan")  # fmt: skip
     if kept == 0:
         assert _leaves_equal(res.run(1), jax.tree.map(lambda a: a[1], start))
     else:
@@ -94,12 +91,12 @@ def test_a_diverging_run_is_frozen_and_named_while_the_others_train():
 def test_restore_best_returns_each_runs_best_evaluated_params():
     """restore="best": run i's params are those of its lowest eval loss, best_epoch names it and
     final_eval_loss is exactly that evaluation."""
-    keys = _keys(3)
-    res = fit_many(NET, mean_squared_error, sgd(), init_many(NET, _keys(3, 1), (13,)), X, Y,
-                   keys=keys, epochs=9, batch_size=40, lr=[0.05, 0.2, 0.01], restore="best",
+    keys = _keys(2)
+    res = fit_many(NET, mean_squared_error, sgd(), init_many(NET, _keys(2, 1), (13,)), X, Y,
+                   keys=keys, epochs=9, batch_size=40, lr=[0.05, 0.2], restore="best",
                    **EVAL)  # fmt: skip
     h = res.history
-    for i in range(3):
+    for i in range(2):
         j = int(np.argmin(h.eval_loss[i]))
         assert h.best_epoch[i] == h.eval_epochs[j]
         assert h.final_eval_loss[i] == pytest.approx(h.eval_loss[i, j], rel=1e-12)
@@ -137,13 +134,13 @@ def test_the_books_rule_per_run_equals_fit_with_book_rule():
     final_eval_loss that of the returned params."""
     from jaxscratch.train.stopping import book_rule
 
-    keys, init_keys = _keys(3, seed=5), _keys(3, seed=6)
-    lrs = [0.008, 0.012, 0.005]
+    keys, init_keys = _keys(2, seed=5), _keys(2, seed=6)
+    lrs = [0.008, 0.012]
     res = fit_many(NET, mean_squared_error, sgd_momentum(0.9), init_many(NET, init_keys, (13,)),
                    X, Y, keys=keys, epochs=30, batch_size=40, lr=lrs, stopping="book",
                    eval_data=(XT[:8], YT[:8]), eval_every=3)  # fmt: skip
     stops = []
-    for i in range(3):
+    for i in range(2):
         start = init_params(NET, init_keys[i], (13,))[1]
         one = fit(NET, mean_squared_error, sgd_momentum(0.9), start, X, Y, key=keys[i],
                   epochs=30, batch_size=40, lr=lrs[i], stopping=book_rule(3), step_mode="scan",
@@ -162,11 +159,11 @@ def test_a_shared_schedule_is_fits_schedule():
     from jaxscratch.optim.schedules import linear_decay
 
     keys, init_keys = _keys(2, seed=7), _keys(2, seed=8)
-    sched = linear_decay(0.02, 0.005, 5)
+    sched = linear_decay(0.02, 0.005, 6)
     res = fit_many(NET, mean_squared_error, sgd(), init_many(NET, init_keys, (13,)), X, Y,
-                   keys=keys, epochs=5, batch_size=40, lr=sched, **EVAL)  # fmt: skip
+                   keys=keys, epochs=6, batch_size=40, lr=sched, **EVAL)  # fmt: skip
     one = fit(NET, mean_squared_error, sgd(), init_params(NET, init_keys[1], (13,))[1], X, Y,
-              key=keys[1], epochs=5, batch_size=40, lr=sched, stopping=None, step_mode="scan",
+              key=keys[1], epochs=6, batch_size=40, lr=sched, stopping=None, step_mode="scan",
               **EVAL)  # fmt: skip
     _close(res.run(1), one.state.params)
     assert np.isnan(res.history.lr).all()
