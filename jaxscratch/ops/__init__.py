@@ -9,6 +9,7 @@ test fails for an op module-level ``Op`` that is not registered.
 from jaxscratch.core import Entry, LossEntry, registered, registered_losses
 from jaxscratch.ops import (  # noqa: F401
     activations,
+    attention,
     batchnorm,
     cells,
     combinators,
