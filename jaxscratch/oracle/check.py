@@ -11,6 +11,13 @@
    inputs and one per input leaf, the central difference of ``<dy, forward(.)>`` against the
    directional derivative given by the manual gradients (relative tolerance ``fd_rtol``).
 
+A failure is diagnosed from the numbers (``Report.diagnosis``: a scale, a sign, a transpose, a
+wrong axis, a missing term, mixed samples, ...; :mod:`jaxscratch.oracle.diagnose`) and located
+(``Report.location``: the leaf and worst entry, the first wrong layer of a network, the time step
+and gate of a recurrence; :mod:`jaxscratch.oracle.localise`). ``properties=True`` adds the named
+checks of :mod:`jaxscratch.oracle.properties` (linearity in ``dy``, per-sample independence, jit,
+vmap, scan, float32).
+
 Stochastic ops run with a fixed key (the same mask in every evaluation). ``jax.grad``/``jax.vjp``
 live here and in tests only, never in a training path.
 """
@@ -19,8 +26,8 @@ from __future__ import annotations
 
 import functools
 import zlib
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import jax
@@ -29,6 +36,15 @@ import numpy as np
 
 from jaxscratch.core import Loss, Op, apply
 from jaxscratch.ops import loss_registry, registry
+from jaxscratch.oracle.compare import compare as _compare
+from jaxscratch.oracle.compare import is_float as _is_float
+from jaxscratch.oracle.compare import random_like as _random_like
+from jaxscratch.oracle.compare import to64 as _to64
+from jaxscratch.oracle.compare import vdot as _vdot
+from jaxscratch.oracle.diagnose import Diagnosis
+from jaxscratch.oracle.explain import FD_ONLY, explain
+from jaxscratch.oracle.localise import Location
+from jaxscratch.oracle.properties import Check, run_properties
 from jaxscratch.validate import check_int
 
 ORACLE_KEY_SEED = 0
@@ -36,7 +52,13 @@ ORACLE_KEY_SEED = 0
 
 @dataclass
 class Report:
-    """One oracle verdict. Errors are maxima over all gradient leaves."""
+    """One oracle verdict. Errors are maxima over all gradient leaves.
+
+    For a failure, ``diagnosis`` is one of :data:`jaxscratch.oracle.diagnose.KINDS` (None when it
+    passes), ``diagnosis_detail`` the words, ``constant`` the c of a ``"scale"`` (-1 for a sign)
+    and ``location`` where (leaf and worst entry; the layer of a network; the step and gate of a
+    recurrence). ``checks`` holds the named property checks when they were asked for.
+    """
 
     name: str
     passed: bool
@@ -44,10 +66,25 @@ class Report:
     vjp_max_rel: float
     fd_max_rel: float
     detail: str = ""
+    diagnosis: str | None = None
+    diagnosis_detail: str = ""
+    constant: float | None = None
+    location: Location | None = None
+    checks: dict[str, Check] = field(default_factory=dict)
+
+    def explanation(self) -> str:
+        """The failure in words: the diagnosis and where, else the raw detail."""
+        if self.diagnosis is None:
+            return self.detail
+        inner = self.location.innermost() if self.location is not None else None
+        if inner is None or inner.step is not None or not inner.leaf:
+            return self.diagnosis_detail  # a time step's words name it already
+        return f"{self.diagnosis_detail} (at {inner})"
 
     def row(self) -> str:
         status = "PASS" if self.passed else "FAIL"
-        extra = f"  {self.detail}" if self.detail and not self.passed else ""
+        why = self.explanation()
+        extra = f"  {why}" if why and not self.passed else ""
         return (
             f"{self.name:<40} {self.vjp_max_abs:10.2e} {self.vjp_max_rel:10.2e} "
             f"{self.fd_max_rel:10.2e}  {status}{extra}"
@@ -55,67 +92,6 @@ class Report:
 
 
 HEADER = f"{'op':<40} {'max abs':>10} {'max rel':>10} {'fd rel':>10}  result"
-
-
-def _is_float(x: Any) -> bool:
-    return hasattr(x, "dtype") and jnp.issubdtype(x.dtype, jnp.floating)
-
-
-def _to64(tree: Any) -> Any:
-    return jax.tree.map(lambda a: jnp.asarray(a, jnp.float64) if _is_float(a) else a, tree)
-
-
-def _random_like(key: jax.Array, tree: Any) -> Any:
-    """Standard normal float64 leaves shaped like ``tree``'s float leaves (zeros elsewhere).
-
-    Drawn with numpy from a seed taken from ``key``: a ``jax.random`` draw would compile once per
-    new shape, which dominated the oracle's run time.
-    """
-    leaves, treedef = jax.tree.flatten(tree)
-    seed = np.asarray(jax.random.key_data(key)).ravel().astype(np.uint64)
-    rng = np.random.default_rng(seed.tolist())
-    out = [
-        jnp.asarray(rng.standard_normal(jnp.shape(a)), jnp.float64)
-        if _is_float(a)
-        else jnp.zeros_like(a)
-        for a in leaves
-    ]
-    return jax.tree.unflatten(treedef, out)
-
-
-def _vdot(a: Any, b: Any) -> jax.Array:
-    la, lb = jax.tree.leaves(a), jax.tree.leaves(b)
-    return sum(
-        (jnp.vdot(x, y) for x, y in zip(la, lb, strict=True) if _is_float(x)), jnp.float64(0.0)
-    )
-
-
-def _compare(manual: Any, oracle: Any, rtol: float) -> tuple[float, float, str]:
-    """(max abs error, max error relative to the leaf scale, first failure or '')."""
-    m_leaves, m_def = jax.tree.flatten(manual)
-    o_leaves, o_def = jax.tree.flatten(oracle)
-    if m_def != o_def:  # type: ignore[operator]  # jax stubs: PyTreeDef comes from untyped jaxlib
-        return np.inf, np.inf, f"gradient structure {m_def} != oracle {o_def}"
-    max_abs = max_rel = 0.0
-    detail = ""
-    paths = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(oracle)[0]]
-    for path, m, o in zip(paths, m_leaves, o_leaves, strict=True):
-        if not _is_float(o):
-            continue
-        if jnp.shape(m) != jnp.shape(o):
-            return np.inf, np.inf, f"gradient{path} has shape {jnp.shape(m)}, oracle {jnp.shape(o)}"
-        m, o = np.asarray(m, np.float64), np.asarray(o, np.float64)
-        err = np.abs(m - o)
-        if not np.all(np.isfinite(m)):
-            return np.inf, np.inf, f"gradient{path} is not finite"
-        scale = float(np.max(np.abs(o))) if o.size else 0.0
-        leaf_abs = float(err.max()) if err.size else 0.0
-        leaf_rel = leaf_abs / scale if scale > 0 else (0.0 if leaf_abs == 0 else np.inf)
-        max_abs, max_rel = max(max_abs, leaf_abs), max(max_rel, leaf_rel)
-        if not detail and np.any(err > rtol * (np.abs(o) + scale)):
-            i = np.unravel_index(int(np.argmax(err - rtol * np.abs(o))), err.shape)
-            detail = f"gradient{path}{[int(v) for v in i]}: manual {m[i]:.6g}, oracle {o[i]:.6g}"
-    return max_abs, max_rel, detail
 
 
 def _fd_check(
@@ -195,12 +171,21 @@ def check_op(
     fd_eps: float = 1e-6,
     fd_per_leaf: bool = True,
     name: str | None = None,
+    properties: bool = False,
+    per_sample: bool | None = None,
+    paths: Mapping[str, Callable[[Any, Any], Any]] | None = None,
+    diagnose: bool = True,
 ) -> Report:
     """Check ``op.backward`` (any object with ``forward``/``backward``) at ``(params, x)``.
 
     Returns a :class:`Report` whose ``passed`` is true when both the vjp and the finite-difference
-    comparisons pass. Inputs are cast to float64 for the check. ``fd_per_leaf=False`` checks
-    finite differences along one random direction only (cheaper, for many random examples).
+    comparisons pass (and, with ``properties=True``, every check of
+    :mod:`jaxscratch.oracle.properties`). Inputs are cast to float64 for the check.
+    ``fd_per_leaf=False`` checks finite differences along one random direction only (cheaper,
+    for many random examples). A failure is diagnosed and located (``diagnose=False`` skips that,
+    for callers that only need pass/fail); ``paths`` (``{name: f(params, x) -> part}``, parts
+    summing to the output; or an op's ``paths`` attribute) lets the diagnosis name a missing term;
+    ``per_sample`` overrides the per-sample detection of the properties.
     """
     label = name or str(getattr(op, "name", type(op).__name__))
     stochastic = bool(getattr(op, "stochastic", False))
@@ -223,26 +208,59 @@ def check_op(
             _, vjp_fn = jax.vjp(lambda p, xx: fwd_y(p, xx, drop_key), params, x)
             oracle = vjp_fn(dy)
         except (ValueError, TypeError) as e:
-            return Report(label, False, np.inf, np.inf, np.inf, f"{type(e).__name__}: {e}")
+            return _failed(label, f"{type(e).__name__}: {e}", "unknown")
         if not isinstance(manual, tuple) or len(manual) != 2:
-            return Report(
-                label, False, np.inf, np.inf, np.inf, "backward must return (dparams, dx)"
-            )
+            return _failed(label, "backward must return (dparams, dx)", "structure")
         max_abs, max_rel, detail = _compare(tuple(manual), tuple(oracle), rtol)
-        if max_abs == np.inf:
-            return Report(label, False, max_abs, max_rel, np.inf, detail)
-        fd_rel, fd_detail = _fd_check(
-            lambda p, xx: scalar(p, xx, drop_key, dy),
-            (params, x),
-            tuple(manual),
-            fd_key,
-            fd_eps,
-            fd_per_leaf,
+        fd_rel, fd_detail, checks = np.inf, "", {}
+        if max_abs != np.inf:
+            fd_rel, fd_detail = _fd_check(
+                lambda p, xx: scalar(p, xx, drop_key, dy),
+                (params, x),
+                tuple(manual),
+                fd_key,
+                fd_eps,
+                fd_per_leaf,
+            )
+            if properties:
+                checks = run_properties(
+                    op, params, x, drop_key, dy, manual, rtol=rtol, per_sample=per_sample
+                )
+        fd_ok = fd_rel <= fd_rtol
+        passed = not detail and fd_ok and all(c.passed for c in checks.values())
+        report = Report(
+            label, passed, max_abs, max_rel, fd_rel, detail or ("" if fd_ok else fd_detail)
         )
-    vjp_ok = not detail
-    fd_ok = fd_rel <= fd_rtol
-    passed = vjp_ok and fd_ok
-    return Report(label, passed, max_abs, max_rel, fd_rel, detail or ("" if fd_ok else fd_detail))
+        report.checks = checks
+        if not passed and diagnose:
+            _diagnose(report, op, params, x, dy, drop_key, rtol, paths)
+    return report
+
+
+def _failed(label: str, detail: str, kind: str) -> Report:
+    """A report for a backward that raised or returned no ``(dparams, dx)`` pair."""
+    words = "the backward did not return a (dparams, dx) pair" if kind == "structure" else detail
+    return Report(label, False, np.inf, np.inf, np.inf, detail, kind, words)
+
+
+def _diagnose(
+    report: Report, op: Any, params: Any, x: Any, dy: Any, key: Any, rtol: float, paths: Any
+) -> None:
+    """Fill ``report``'s diagnosis and location (a failed property check when only it failed)."""
+    failed = [c for c in report.checks.values() if not c.passed]
+    vjp_fd_ok = not report.detail and report.fd_max_rel != np.inf
+    if vjp_fd_ok and failed:
+        c = failed[0]
+        kind = "cross-sample" if c.name == "per-sample" else "unknown"
+        report.diagnosis, report.diagnosis_detail = kind, f"the {c.name} check fails: {c.detail}"
+        report.detail = report.diagnosis_detail
+        return
+    try:
+        d, loc = explain(op, params, x, dy, key, rtol, paths)
+    except Exception as e:  # noqa: BLE001  # a diagnosis must never hide the verdict
+        d, loc = Diagnosis("unknown", f"{FD_ONLY if vjp_fd_ok else report.detail} ({e})"), None
+    report.diagnosis, report.diagnosis_detail, report.constant = d.kind, d.words, d.constant
+    report.location = loc
 
 
 def check_loss(
@@ -291,37 +309,46 @@ def _registry_entries(names: Sequence[str] | None) -> Iterator[tuple[str, str, A
             yield "loss", label, lentry
 
 
-def _check_entry(kind: str, label: str, entry: Any, key: jax.Array) -> Report:
+def _check_entry(
+    kind: str, label: str, entry: Any, key: jax.Array, properties: bool = False
+) -> Report:
     """The oracle on one registry entry's example, drawn from ``fold_in(key, crc32(label))``."""
     if entry.example is None:
         return Report(label, False, np.inf, np.inf, np.inf, "no oracle example")
     with jax.enable_x64(True):
         a, b = entry.example(jax.random.fold_in(key, zlib.crc32(label.encode())))
         if kind == "op":
-            return check_op(entry.op, a, b, name=label)
+            return check_op(entry.op, a, b, name=label, properties=properties)
         return check_loss(entry.loss, a, b)
 
 
-def iter_registry(names: Sequence[str] | None = None, seed: int = 0) -> Iterator[Report]:
+def iter_registry(
+    names: Sequence[str] | None = None, seed: int = 0, *, properties: bool = False
+) -> Iterator[Report]:
     """Check every registered op and loss (or those in ``names``), yielding each
     :class:`Report` as soon as it is done (ops in name order, then losses as ``loss:<name>``).
 
     Each example is drawn from ``fold_in(jax.random.key(seed), crc32(name))``, so a row does not
     depend on which other rows are checked. float64 is enabled only while a row is computed.
+    ``properties=True`` adds the property checks of :mod:`jaxscratch.oracle.properties` to every
+    op (several times slower; losses get the vjp and finite-difference checks only).
     """
     key = jax.random.key(check_int("iter_registry", "seed", seed))
     for kind, label, entry in _registry_entries(names):
-        yield _check_entry(kind, label, entry, key)
+        yield _check_entry(kind, label, entry, key, properties)
 
 
-def check_registry(names: Sequence[str] | None = None, seed: int = 0) -> list[Report]:
+def check_registry(
+    names: Sequence[str] | None = None, seed: int = 0, *, properties: bool = False
+) -> list[Report]:
     """Every report of :func:`iter_registry`, as a list."""
-    return list(iter_registry(names, seed))
+    return list(iter_registry(names, seed, properties=properties))
 
 
 def format_report(report: Report) -> str:
     """One row of the oracle table (columns as :data:`HEADER`): name, max abs and max rel vjp
-    error, finite-difference rel error, PASS/FAIL and, for a failure, the reason."""
+    error, finite-difference rel error, PASS/FAIL and, for a failure, the diagnosis in words and
+    where (:meth:`Report.explanation`), or the raw reason when there is no diagnosis."""
     return report.row()
 
 
