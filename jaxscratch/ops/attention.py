@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+from jax.typing import DTypeLike
 
 from jaxscratch.core import Array, Op, Shape, register
 from jaxscratch.ops import init as initializers
@@ -99,7 +100,12 @@ def _flat_t(a: Array, b: Array) -> Array:
 
 
 def multi_head_attention(
-    heads: int, dim: int, causal: bool = False, *, init: str = "glorot", dtype=None
+    heads: int,
+    dim: int,
+    causal: bool = False,
+    *,
+    init: str = "glorot",
+    dtype: DTypeLike | None = None,
 ) -> Op:
     """Self-attention over a sequence (see the module docstring).
 

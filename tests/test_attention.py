@@ -1,0 +1,86 @@
+"""multi_head_attention: values against numpy, the causal mask, shapes, refusals, a wrong softmax
+backward caught by the oracle."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxscratch.core import init_params
+from jaxscratch.ops import attention, registry
+from jaxscratch.ops.attention import multi_head_attention
+from jaxscratch.oracle.check import check_op
+
+
+def _reference(params: dict, x: np.ndarray, h: int, causal: bool) -> np.ndarray:
+    """Attention head by head with numpy loops."""
+    P = {k: np.asarray(v) for k, v in params.items()}
+    q, k, v = x @ P["Wq"], x @ P["Wk"], x @ P["Wv"]
+    b, t, dim = q.shape
+    d = dim // h
+    out = np.zeros((b, t, dim))
+    for n in range(b):
+        for head in range(h):
+            cols = slice(head * d, (head + 1) * d)
+            s = q[n, :, cols] @ k[n, :, cols].T / np.sqrt(d)
+            if causal:
+                s = np.where(np.triu(np.ones((t, t)), 1) > 0, -np.inf, s)
+            w = np.exp(s - s.max(1, keepdims=True))
+            out[n, :, cols] = (w / w.sum(1, keepdims=True)) @ v[n, :, cols]
+    return out @ P["Wo"]
+
+
+def test_attention_matches_numpy_and_the_mask_hides_the_future():
+    params, x = registry()["multi_head_attention"].example(jax.random.key(1))
+    for causal in (False, True):
+        op = multi_head_attention(2, 6, causal=causal)
+        y, _ = op.forward(params, x)
+        np.testing.assert_allclose(y, _reference(params, np.asarray(x), 2, causal), rtol=1e-12)
+    causal_op = multi_head_attention(2, 6, causal=True)
+    y, _ = causal_op.forward(params, x)
+    y2, _ = causal_op.forward(params, x.at[:, 3:].add(5.0))
+    np.testing.assert_allclose(y2[:, :3], y[:, :3], rtol=1e-13)  # positions 0..2 never see 3, 4
+    assert not np.allclose(
+        multi_head_attention(2, 6).forward(params, x.at[:, 3:].add(5.0))[0][:, 0], y[:, 0]
+    )
+    shape, p = init_params(causal_op, jax.random.key(0), (5, 7))
+    assert shape == (5, 6) and p["Wq"].shape == (7, 6) and p["Wo"].shape == (6, 6)
+
+
+def test_a_softmax_backward_without_its_correction_fails_the_oracle(monkeypatch):
+    """dS = P * dP (the row term sum_j(dP * P) dropped) is caught."""
+    entry = registry()["multi_head_attention[causal]"]
+    params, x = entry.example(jax.random.key(0))
+
+    def uncorrected(q, k, v, p, do):
+        dp = jnp.einsum("bhid,bhjd->bhij", do, v)
+        dv = jnp.einsum("bhij,bhid->bhjd", p, do)
+        ds = p * dp / np.sqrt(q.shape[-1])
+        return jnp.einsum("bhij,bhjd->bhid", ds, k), jnp.einsum("bhij,bhid->bhjd", ds, q), dv
+
+    assert check_op(entry.op, params, x, fd_per_leaf=False).passed
+    monkeypatch.setattr(attention, "_attend_backward", uncorrected)
+    assert not check_op(entry.op, params, x, fd_per_leaf=False).passed
+
+
+def test_attention_refuses_bad_shapes_and_arguments():
+    op = multi_head_attention(2, 6)
+    params, x = registry()["multi_head_attention"].example(jax.random.key(0))
+    with pytest.raises(ValueError, match=r"x\(2, 5, 6\) does not fit Wq\(7, 6\)"):
+        op.forward(params, x[..., :6])
+    with pytest.raises(ValueError, match="params lack"):
+        op.forward({"Wq": params["Wq"]}, x)
+    with pytest.raises(ValueError, match="expected Wq, Wk, Wv"):
+        op.forward({**params, "Wo": params["Wq"]}, x)
+    with pytest.raises(ValueError, match="dim 6 is not divisible by heads 4"):
+        multi_head_attention(4, 6)
+    with pytest.raises(ValueError, match="dim 6 is not divisible by heads 4"):
+        multi_head_attention(4, 8).forward(params, x)
+    with pytest.raises(TypeError, match="causal must be True or False"):
+        multi_head_attention(2, 6, causal=1)
+    with pytest.raises(ValueError, match="multi_head_attention: heads must be"):
+        multi_head_attention(0, 6)
+    with pytest.raises(ValueError, match="dy"):
+        op.backward(op.forward(params, x)[1], jnp.ones((2, 5, 7)))
