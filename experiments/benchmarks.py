@@ -25,6 +25,13 @@ Implementations, each timed on the whole workload (``fit`` from Python to finish
 * ``numpy``: :mod:`experiments.numpy_reference`, the book's classes and trainer, same model, in
   float64 as the book's code runs (its preprocessing and ``np.random.normal`` give float64);
   ``numpy_f32`` (MLP, LSTM): the same code on float32 arrays, the like-for-like precision.
+* ``pytorch`` (only when ``import torch`` works; torch is never a dependency of the package:
+  ``pip install torch==2.13.0`` or ``pip install -e '.[peers]'`` adds it to the current
+  environment): the same model written as a PyTorch user would, eager on CPU with
+  ``torch.set_num_threads(2)``, the same data, initial weights, batch order rule and optimizer
+  (``nn.LSTM`` for the LSTM, ``F.conv2d`` for the CNN, ``addmm`` for dense layers); the table
+  "Side by side" gives jaxscratch, PyTorch and numpy medians of the same run with the ratio
+  time(PyTorch) / time(jaxscratch). Without torch the column is left out.
 * CNN only: ``conv_im2col`` / ``conv_xla`` (jaxscratch's other convolution formulations, hand
   backward) and ``jax_grad_conv_im2col`` / ``jax_grad_conv_xla`` (their jax.grad twins; the last
   is the autodiff of ``lax.conv_general_dilated``, i.e. what plain JAX code would run).
@@ -125,6 +132,175 @@ def vjp_loss(loss: Loss) -> Loss:
         return vjp(jnp.ones_like(value))[0]
 
     return Loss(f"{loss.name}[jax.vjp]", forward, backward)
+
+
+# ------------------------------------------------------------------------------------------------
+# the PyTorch eager peer (optional: only when torch is importable; never a package dependency)
+# ------------------------------------------------------------------------------------------------
+
+PEERS = ("numpy", "pytorch")  # implementations that are not jaxscratch (no JAX compile time)
+
+
+def _load_torch() -> Any:
+    """torch with 2 intra-op threads, or None when it is not installed."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    torch.set_num_threads(2)
+    return torch
+
+
+TORCH = _load_torch()
+
+
+def _is_peer(name: str) -> bool:
+    return name.startswith(PEERS)
+
+
+def _t(a: Any, dtype: Any = None) -> Any:
+    """A numpy/JAX array as a torch tensor (a copy: the benchmark's arrays stay untouched)."""
+    return TORCH.tensor(np.asarray(a, dtype=dtype))
+
+
+def _torch_dense(params: Any, acts: list[str]) -> tuple[Any, list[Any]]:
+    """The jaxscratch dense stack (W (in, out), B (1, out) per layer) as torch leaf tensors and
+    its forward function."""
+    leaves = []
+    for p in params:
+        leaves += [_t(p["W"]).requires_grad_(), _t(p["B"]).requires_grad_()]
+    act = {"sigmoid": TORCH.sigmoid, "tanh": TORCH.tanh, "linear": lambda v: v}
+
+    def forward(x: Any) -> Any:
+        for n, a in enumerate(acts):
+            x = act[a](TORCH.addmm(leaves[2 * n + 1], x, leaves[2 * n]))
+        return x
+
+    return forward, leaves
+
+
+def _torch_epochs(forward, loss_fn, opt, X, Y, epochs, bs, g) -> float:
+    """The training loop a PyTorch user writes: mini-batches shuffled by the generator ``g``
+    (``None``: row order), backward, step. Returns the last batch's loss."""
+    n, loss = X.shape[0], TORCH.zeros(())
+    for _ in range(epochs):
+        order = TORCH.randperm(n, generator=g) if g is not None else TORCH.arange(n)
+        for s in range(0, n, bs):
+            idx = order[s : s + bs]
+            opt.zero_grad(set_to_none=True)
+            loss = loss_fn(forward(X[idx]), Y[idx])
+            loss.backward()
+            opt.step()
+    return float(loss.detach())
+
+
+def torch_boston(params: Any, Xtr, ytr, Xte, yte, epochs: int) -> Callable[[], float]:
+    """13-13-1 sigmoid, the book's MSE (sum of squares / batch), SGD, float64, evaluation of the
+    test rows every 10 epochs, as the jaxscratch run."""
+
+    def mse(p: Any, y: Any) -> Any:
+        return ((p - y) ** 2).sum() / p.shape[0]
+
+    def run() -> float:
+        forward, leaves = _torch_dense(params, ["sigmoid", "linear"])
+        opt = TORCH.optim.SGD(leaves, lr=0.01)
+        X, Y, Xe, Ye = (TORCH.from_numpy(np.asarray(a)) for a in (Xtr, ytr, Xte, yte))
+        g, value = TORCH.Generator().manual_seed(1), 0.0
+        for start in range(0, epochs, 10):
+            _torch_epochs(forward, mse, opt, X, Y, min(10, epochs - start), 32, g)
+            with TORCH.no_grad():
+                value = float(mse(forward(Xe), Ye))
+        return value
+
+    return run
+
+
+def torch_mlp(params: Any, X: np.ndarray, Y: np.ndarray) -> Callable[[], float]:
+    """784-89-10 tanh, cross-entropy, SGD momentum 0.9 (the book's rule for a constant lr), one
+    shuffled epoch, batch 60, float32."""
+    labels = TORCH.from_numpy(np.argmax(Y, axis=1))
+    F = TORCH.nn.functional
+
+    def run() -> float:
+        forward, leaves = _torch_dense(params, ["tanh", "linear"])
+        opt = TORCH.optim.SGD(leaves, lr=0.01, momentum=0.9)
+        return _torch_epochs(forward, F.cross_entropy, opt, TORCH.from_numpy(X), labels, 1, 60,
+                             TORCH.Generator().manual_seed(1))  # fmt: skip
+
+    return run
+
+
+def torch_cnn(params: Any, X: np.ndarray, Y: np.ndarray, bs: int) -> Callable[[], float]:
+    """conv 16 x k x k "same" (tanh, dropout keep 0.8, flatten) -> dense 10, cross-entropy,
+    momentum, one epoch in batches of ``bs``, float32, NCHW (PyTorch's native layout)."""
+    labels = TORCH.from_numpy(np.argmax(Y, axis=1))
+    F = TORCH.nn.functional
+    conv_p, dense_p = params[0][0], params[1]
+
+    def run() -> float:
+        K = _t(conv_p["W"]).requires_grad_()  # (C_out, C_in, k, k), as torch's conv2d
+        cb = _t(np.ravel(conv_p["B"])).requires_grad_() if "B" in conv_p else None
+        W, B = _t(dense_p["W"]).requires_grad_(), _t(dense_p["B"]).requires_grad_()
+        leaves = [v for v in (K, cb, W, B) if v is not None]
+
+        def forward(x: Any) -> Any:
+            h = F.dropout(TORCH.tanh(F.conv2d(x, K, cb, padding=K.shape[-1] // 2)), 0.2, True)
+            return TORCH.addmm(B, h.flatten(1), W)
+
+        opt = TORCH.optim.SGD(leaves, lr=0.01, momentum=0.9)
+        return _torch_epochs(forward, F.cross_entropy, opt, TORCH.from_numpy(X), labels, 1, bs,
+                             TORCH.Generator().manual_seed(1))  # fmt: skip
+
+    return run
+
+
+def _torch_lstm_module(params: dict[str, Any], n_in: int, hidden: int) -> Any:
+    """``torch.nn.LSTM`` holding the jaxscratch LSTM's weights (gate order i, f, g, o)."""
+    m = TORCH.nn.LSTM(n_in, hidden, batch_first=True)
+    order = ("i", "f", "c", "o")
+    with TORCH.no_grad():
+        m.weight_ih_l0.copy_(_t(np.concatenate([params[f"W_{g}"][:n_in].T for g in order])))
+        m.weight_hh_l0.copy_(_t(np.concatenate([params[f"W_{g}"][n_in:].T for g in order])))
+        m.bias_ih_l0.copy_(_t(np.concatenate([np.ravel(params[f"B_{g}"]) for g in order])))
+        m.bias_hh_l0.zero_()
+    return m
+
+
+def torch_lstm(
+    params: dict[str, Any], X: np.ndarray, Y: np.ndarray, bs: int, lr: float = 0.01
+) -> Callable[[], float]:
+    """``nn.LSTM`` (hidden 256) on the one-hot windows, a learned initial state, the per-step
+    projection, cross-entropy mean over batch and time, element-wise clipping to [-2, 2], AdaGrad
+    (eps 1e-7 outside the root, as jaxscratch's), consecutive batches, float32."""
+    labels = TORCH.from_numpy(np.argmax(Y, axis=-1))
+    F = TORCH.nn.functional
+    n_in, hidden = X.shape[-1], params["start_H"].shape[1]
+
+    def run() -> float:
+        lstm = _torch_lstm_module(params, n_in, hidden)
+        h0, c0 = _t(params["start_H"]).requires_grad_(), _t(params["start_C"]).requires_grad_()
+        W, B = _t(params["W_v"]).requires_grad_(), _t(params["B_v"]).requires_grad_()
+        leaves = [*lstm.parameters(), h0, c0, W, B]
+
+        def forward(x: Any) -> Any:
+            n = x.shape[0]
+            hs, _ = lstm(x, (h0.expand(n, -1)[None], c0.expand(n, -1)[None]))
+            return TORCH.addmm(B, hs.reshape(-1, hidden), W)
+
+        def loss_fn(logits: Any, y: Any) -> Any:
+            return F.cross_entropy(logits, y.reshape(-1))
+
+        opt = TORCH.optim.Adagrad(leaves, lr=lr, eps=1e-7)
+        Xt, loss = TORCH.from_numpy(X), TORCH.zeros(())
+        for s in range(0, X.shape[0], bs):
+            opt.zero_grad(set_to_none=True)
+            loss = loss_fn(forward(Xt[s : s + bs]), labels[s : s + bs])
+            loss.backward()
+            TORCH.nn.utils.clip_grad_value_(leaves, 2.0)
+            opt.step()
+        return float(loss.detach())
+
+    return run
 
 
 # ------------------------------------------------------------------------------------------------
@@ -278,6 +454,8 @@ def boston(quick: bool) -> Workload:
         return float(tr.net.loss.forward(tr.net.forward(Xte, inference=True), yte))
 
     w.impls["numpy"] = run_numpy
+    if TORCH is not None:
+        w.impls["pytorch"] = torch_boston(params, Xtr, ytr, Xte, yte, epochs)
     return w
 
 
@@ -327,6 +505,8 @@ def mlp(quick: bool) -> Workload:
 
     w.impls["numpy"] = numpy_run(np.float64)
     w.impls["numpy_f32"] = numpy_run(np.float32)
+    if TORCH is not None:
+        w.impls["pytorch"] = torch_mlp(params, X, Y)
     return w
 
 
@@ -408,6 +588,8 @@ def cnn(quick: bool) -> Workload:
         return 0.0
 
     w.impls["numpy"] = run_numpy
+    if TORCH is not None:
+        w.impls["pytorch"] = torch_cnn(params, X, Y, bs)
     return w
 
 
@@ -482,6 +664,8 @@ def lstm(quick: bool) -> Workload:
 
     w.impls["numpy"] = numpy_run(np.float64)  # the book's one-hot arrays are float64
     w.impls["numpy_f32"] = numpy_run(np.float32)
+    if TORCH is not None:
+        w.impls["pytorch"] = torch_lstm(values, X, Y, bs)
     return w
 
 
@@ -624,7 +808,7 @@ def run_workload(w: Workload, repeats: int, quick: bool, log: Callable[[str], No
             "max_s": max(ts),
             "times_s": ts,
             "first_run_s": first[name],
-            "compile_s": compile_s[name] if not name.startswith("numpy") else 0.0,
+            "compile_s": compile_s[name] if not _is_peer(name) else 0.0,
             "mode": w.modes.get(name),
             "gflops": w.flops / med / 1e9,
             "peak_rss_mb": peak[name],
@@ -665,6 +849,37 @@ def _fmt_s(s: float) -> str:
     return f"{s * 1e3:.2f} ms"
 
 
+def _versus(ratio: float) -> str:
+    """``time(peer) / time(jaxscratch)`` in words."""
+    return f"{ratio:.2f}x faster" if ratio >= 1 else f"**{1 / ratio:.2f}x slower**"
+
+
+def peer_table(results: dict) -> list[str]:
+    """Markdown lines: jaxscratch, PyTorch eager and the book's numpy side by side (same run,
+    medians), with time(PyTorch) / time(jaxscratch) as a ratio of medians and as the median of
+    the per-round ratios. Empty when no workload has a ``pytorch`` run (torch not installed)."""
+    rows = {k: r for k, r in results["workloads"].items() if "pytorch" in r["impls"]}
+    if not rows:
+        return []
+    torch_v = results["machine"].get("torch", "?")
+    lines = [
+        f"Side by side (same run, medians; PyTorch {torch_v} eager on CPU, "
+        f"{results['machine'].get('torch_threads', '?')} threads):",
+        "",
+        "| workload | jaxscratch | PyTorch eager | numpy (book) | jaxscratch vs PyTorch | "
+        "per-round median |",
+        "|---|---|---|---|---|---|",
+    ]
+    for wname, r in rows.items():
+        ours, peer = r["impls"]["jaxscratch"]["median_s"], r["impls"]["pytorch"]["median_s"]
+        lines.append(
+            f"| {wname} | {_fmt_s(ours)} | {_fmt_s(peer)} | "
+            f"{_fmt_s(r['impls']['numpy']['median_s'])} | {_versus(peer / ours)} | "
+            f"{_versus(_paired_ratio(r, 'pytorch', 'jaxscratch'))} |"
+        )
+    return lines
+
+
 def markdown(results: dict) -> str:
     lines = []
     m = results["machine"]
@@ -685,7 +900,7 @@ def markdown(results: dict) -> str:
         for name, v in r["impls"].items():
             speed = np_med / v["median_s"]
             rss = f"{v['peak_rss_mb']:.0f} MB" if v["peak_rss_mb"] is not None else "n/a"
-            comp = _fmt_s(v["compile_s"]) if not name.startswith("numpy") else "-"
+            comp = _fmt_s(v["compile_s"]) if not _is_peer(name) else "-"
             lines.append(
                 f"| {wname} | {name} | {v['mode'] or '-'} | {_fmt_s(v['median_s'])} | "
                 f"{_fmt_s(v['min_s'])}-{_fmt_s(v['max_s'])} | {comp} | {speed:.1f}x | "
@@ -723,6 +938,9 @@ def markdown(results: dict) -> str:
             f"{ratio('scan', 'jax_grad_scan')} | {ratio('per_step', 'jax_grad_per_step')} | "
             f"{ratio('numpy', 'jaxscratch')} |"
         )
+    peers = peer_table(results)
+    if peers:
+        lines += ["", *peers]
     if "ch3" in results:
         c = results["ch3"]
         lines.append("")
@@ -755,6 +973,10 @@ def goals(results: dict) -> dict[str, Any]:
                 r["jaxscratch"] / r["impls"]["jax_grad_conv_xla_scan"]["median_s"]
             )
     out["hand_over_jax_grad"] = hand
+    vs_torch = {k: r["pytorch"] / r["jaxscratch"] for k, r in W.items() if "pytorch" in r}
+    if vs_torch:  # time(PyTorch eager) / time(jaxscratch): > 1 means jaxscratch is faster
+        out["pytorch_over_jaxscratch"] = vs_torch
+        out["faster_than_pytorch_everywhere"] = all(v > 1.0 for v in vs_torch.values())
     out["hand_le_jax_grad_everywhere"] = all(v["jaxscratch"] <= 1.0 for v in hand.values())
     out["hand_le_jax_grad_everywhere_per_round"] = all(
         v["per_round_median"] <= 1.0 for v in hand.values()
@@ -814,6 +1036,8 @@ def machine_info() -> dict[str, Any]:
         "devices": [str(d) for d in jax.devices()],
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
         "load_start": " ".join(f"{v:.2f}" for v in os.getloadavg()),
+        "torch": TORCH.__version__ if TORCH is not None else None,
+        "torch_threads": TORCH.get_num_threads() if TORCH is not None else None,
     }
 
 

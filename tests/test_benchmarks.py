@@ -48,11 +48,61 @@ def test_quick_benchmark_smoke(tmp_path: Path) -> None:
             assert w[key] > 0, (name, key)
         assert w["gemm"]["numpy_gflops"] > 0 and w["gemm"]["xla_gflops"] > 0
         assert all(
-            v["compile_s"] > 0 for k, v in w["impls"].items() if not k.startswith("numpy")
+            v["compile_s"] > 0 for k, v in w["impls"].items() if not benchmarks._is_peer(k)
         ), name
+        # the PyTorch column exactly when torch is importable (never a dependency)
+        assert ("pytorch" in w["impls"]) == (benchmarks.TORCH is not None), name
     assert "charlm" in res["workloads"]["lstm"]["impls"]
     table = (tmp_path / "benchmarks.md").read_text()
     assert "| mlp | jaxscratch |" in table and "GEMM" in table
+    assert ("PyTorch" in table) == (benchmarks.TORCH is not None)
+    if benchmarks.TORCH is not None:
+        assert set(res["goals"]["pytorch_over_jaxscratch"]) == set(benchmarks.WORKLOADS)
+
+
+def _fake_results(with_torch: bool) -> dict:
+    times = {"jaxscratch": [1.0, 1.2, 1.1], "numpy": [4.0, 4.0, 4.0], "pytorch": [2.0, 2.4, 0.9]}
+    if not with_torch:
+        del times["pytorch"]
+    impls = {k: {"median_s": float(np.median(v)), "times_s": v} for k, v in times.items()}
+    workload = {"impls": impls, **{k: v["median_s"] for k, v in impls.items()}}
+    return {"machine": {"torch": "x", "torch_threads": 2}, "workloads": {"lstm": workload}}
+
+
+def test_pytorch_column_is_optional(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without torch: no PyTorch rows, no PyTorch goals; with: the side-by-side row and ratio."""
+    monkeypatch.setitem(sys.modules, "torch", None)  # `import torch` now raises ImportError
+    assert benchmarks._load_torch() is None
+    assert benchmarks.peer_table(_fake_results(False)) == []
+    lines = benchmarks.peer_table(_fake_results(True))
+    row = next(line for line in lines if line.startswith("| lstm |"))
+    # medians 2.0 s (PyTorch) / 1.1 s (jaxscratch); per round 2.0, 2.0, 0.82 -> median 2.0
+    assert "| 1.10 s | 2.00 s | 4.00 s | 1.82x faster | 2.00x faster |" in row
+    slow = _fake_results(True)
+    slow["workloads"]["lstm"]["impls"]["pytorch"] = {"median_s": 0.55, "times_s": [0.55] * 3}
+    assert "**2.00x slower**" in next(
+        line for line in benchmarks.peer_table(slow) if line.startswith("| lstm |")
+    )
+    assert benchmarks._is_peer("pytorch") and benchmarks._is_peer("numpy_f32")
+    assert not benchmarks._is_peer("jaxscratch")
+
+
+def test_pytorch_lstm_is_the_same_model() -> None:
+    """torch.nn.LSTM holding the jaxscratch weights computes the same loss (float32)."""
+    if benchmarks.TORCH is None:
+        pytest.skip("torch is not installed (the PyTorch column is optional)")
+    B, T, V, H = 4, 6, 5, 7
+    f32 = jnp.float32
+    net = charlm.char_model("lstm", V, H, weight_scale=0.5, dtype=f32)
+    _, params = net.init(jax.random.key(0), (T, V))
+    params = dict(params, start_H=0.3 * jnp.ones((1, H), f32), start_C=-0.2 * jnp.ones((1, H), f32))
+    ids = _rng(20).integers(0, V, size=(B, T + 1))
+    eye = np.eye(V, dtype=np.float32)
+    X, Y = eye[ids[:, :T]], eye[ids[:, 1:]]
+    loss = rnn.sequence_softmax_cross_entropy.forward(net.forward(params, jnp.asarray(X))[0], Y)[0]
+    values = {k: np.asarray(v) for k, v in params.items()}
+    got = benchmarks.torch_lstm(values, X, Y, B)()  # one batch: the loss before its update
+    np.testing.assert_allclose(got, float(loss), rtol=1e-5)
 
 
 def test_numpy_dense_matches_jax() -> None:
