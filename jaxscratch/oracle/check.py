@@ -42,7 +42,7 @@ from jaxscratch.oracle.compare import random_like as _random_like
 from jaxscratch.oracle.compare import to64 as _to64
 from jaxscratch.oracle.compare import vdot as _vdot
 from jaxscratch.oracle.diagnose import Diagnosis
-from jaxscratch.oracle.explain import FD_ONLY, explain
+from jaxscratch.oracle.explain import FD_ONLY, call, explain
 from jaxscratch.oracle.localise import Location
 from jaxscratch.oracle.properties import Check, run_properties
 from jaxscratch.validate import check_int
@@ -195,14 +195,8 @@ def check_op(
         drop_key, ct_key, fd_key = jax.random.split(seed_key, 3)
 
         fwd_y, scalar = _compiled(op, stochastic)
-
-        def fwd(p, xx):
-            if stochastic:
-                return op.forward(p, xx, key=drop_key, train=True)
-            return op.forward(p, xx)
-
         try:
-            y, cache = fwd(params, x)
+            y, cache = call(op, params, x, drop_key)
             dy = _random_like(ct_key, y)
             manual = op.backward(cache, dy)
             _, vjp_fn = jax.vjp(lambda p, xx: fwd_y(p, xx, drop_key), params, x)

@@ -180,9 +180,13 @@ def diagnose_leaf(m: Any, o: Any, ctx: Context, k: int = 0, rtol: float = 1e-10)
         return Diagnosis(
             "non-finite", f"the manual gradient is not finite ({m[i]} at {list(i)})", index=i
         )
-    per = ctx.per_sample() if ctx.per_sample is not None else None
+
+    def wrong_axis() -> Diagnosis | None:  # the per-sample gradients are computed only if needed
+        per = ctx.per_sample() if ctx.per_sample is not None else None
+        return _wrong_axis(m, o, per[k], tol) if per else None
+
     if m.shape != o.shape:
-        d = _transpose(m, o, tol) or (_wrong_axis(m, o, per[k], tol) if per else None)
+        d = _transpose(m, o, tol) or wrong_axis()
         return d or Diagnosis("shape", f"wrong shape: manual {m.shape}, oracle {o.shape}")
     index = worst_index(m, o, rtol)
     with_index = lambda d: Diagnosis(d.kind, d.words, d.constant, index=index)  # noqa: E731
@@ -196,8 +200,7 @@ def diagnose_leaf(m: Any, o: Any, ctx: Context, k: int = 0, rtol: float = 1e-10)
                 )
             kind = "missing-term" if _near(c, 0.0) else "scale"
             return with_index(Diagnosis(kind, scale_words(c, ctx.batch, ctx.time), c))
-    d = _transpose(m, o, tol) or (_wrong_axis(m, o, per[k], tol) if per else None)
-    d = d or _missing_path(m, o, k, ctx, tol)
+    d = _transpose(m, o, tol) or _missing_path(m, o, k, ctx, tol) or wrong_axis()
     if d:
         return with_index(d)
     return with_index(

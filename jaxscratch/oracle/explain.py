@@ -85,11 +85,14 @@ def explain(
     layer = _explain_layer(op, params, x, dy, key, rtol)
     if layer is not None:
         return layer
+    n = batch_size(x)
+    step = wrong_step(op, params, x, dy, Context(batch=n, time=_time_axis(x)), rtol)
+    if step is not None:
+        return step[1], step[0]
     _, cache = call(op, params, x, key)
     manual = tuple(op.backward(cache, dy))
     _, vjp_fn = jax.vjp(lambda p, xx: call(op, p, xx, key)[0], params, x)
     oracle = tuple(vjp_fn(dy))
-    n = batch_size(x)
     ctx = Context(
         batch=n,
         time=_time_axis(x),
@@ -97,9 +100,6 @@ def explain(
         paths=path_oracles(paths or getattr(op, "paths", None), params, x, dy),
         cross_sample=cross_sample_check(lambda d: op.backward(cache, d), vjp_fn, dy, n),
     )
-    step = wrong_step(op, params, x, dy, ctx, rtol)
-    if step is not None:
-        return step[1], step[0]
     d = diagnose(manual, oracle, ctx, rtol)
     if d is None:
         return Diagnosis("unknown", FD_ONLY), Location()

@@ -19,6 +19,7 @@ The combinators and the recurrent ops keep their parts in closures; they are rea
 
 from __future__ import annotations
 
+import functools
 import inspect
 from dataclasses import dataclass, replace
 from typing import Any
@@ -205,30 +206,37 @@ def _replay(cell: Cell, W_h: Any, xp: list, state0: tuple, dhs: Any) -> tuple[li
     return prevs, caches, dstates
 
 
-def _step_parts(cell: Cell, W_h: Any, xp_t: Any, prev: tuple, cache: Any, dstate: tuple) -> list:
-    """(part name, manual, oracle) of one step: per-gate dxp, the state gradients, dW_h."""
-    m_dxp, m_prev = cell.recur_backward(W_h, prev[0], cache, dstate)
-    _, vjp_fn = jax.vjp(lambda a, s, w: cell.recur(w, a, s)[0], xp_t, prev, W_h)
-    o_dxp, o_prev, o_wh = vjp_fn(tuple(dstate))
-    n = prev[0].shape[-1]
-    gates = GATES.get(cell.name) or tuple(f"block {g}" for g in range(o_dxp.shape[-1] // n))
-    parts = [
-        (
-            f"dxp of the {g} gate"
-            if g in ("forget", "input", "output", "reset", "update")
-            else f"dxp of the {g}",
-            m_dxp[:, j * n : (j + 1) * n],
-            o_dxp[:, j * n : (j + 1) * n],
-        )
-        for j, g in enumerate(gates)
-    ]
-    names = STATE_PARTS.get(cell.name) or tuple(f"dstate_prev[{s}]" for s in range(cell.n_state))
-    parts += list(zip(names, m_prev, o_prev, strict=True))
-    m_wh = cell.recur_wgrad(prev[0], cache, o_dxp)
-    parts += [
-        ("dW_h", a, b) for a, b in zip(jax.tree.leaves(m_wh), jax.tree.leaves(o_wh), strict=True)
-    ]
-    return parts
+def _part_names(cell: Cell, n: int, width: int) -> list[str]:
+    """The names of :func:`_step_pairs`' pairs: per-gate dxp, the state gradients, dW_h leaves."""
+    gates = GATES.get(cell.name) or tuple(f"block {g}" for g in range(width // n))
+    gated = ("forget", "input", "output", "reset", "update")
+    names = [f"dxp of the {g} gate" if g in gated else f"dxp of the {g}" for g in gates]
+    names += STATE_PARTS.get(cell.name) or [f"dstate_prev[{s}]" for s in range(cell.n_state)]
+    return names
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _step_pairs(cell: Cell, W_h: Any, xs: Any, W_x: Any, B: Any, state0: tuple, dhs: Any) -> list:
+    """Per step, (manual, oracle) pairs: the pre-activation gradient per gate, the state
+    gradients, the dW_h leaves; each step's backward given the oracle's gradient into its state.
+    Jitted (one compile per cell and shapes; the eager replay compiled every primitive)."""
+    xp = [xs[:, t] @ W_x + B for t in range(xs.shape[1])]
+    prevs, caches, dstates = _replay(cell, W_h, xp, state0, dhs)
+    n = state0[0].shape[-1]
+    out = []
+    for xp_t, prev, cache, dstate in zip(xp, prevs, caches, dstates, strict=True):
+        m_dxp, m_prev = cell.recur_backward(W_h, prev[0], cache, dstate)
+        _, vjp_fn = jax.vjp(lambda a, s, w: cell.recur(w, a, s)[0], xp_t, prev, W_h)
+        o_dxp, o_prev, o_wh = vjp_fn(tuple(dstate))
+        pairs = [
+            (m_dxp[:, j * n : (j + 1) * n], o_dxp[:, j * n : (j + 1) * n])
+            for j in range(o_dxp.shape[-1] // n)
+        ]
+        pairs += list(zip(m_prev, o_prev, strict=True))
+        m_wh = cell.recur_wgrad(prev[0], cache, o_dxp)
+        pairs += list(zip(jax.tree.leaves(m_wh), jax.tree.leaves(o_wh), strict=True))
+        out.append(pairs)
+    return out
 
 
 def wrong_step(
@@ -242,10 +250,11 @@ def wrong_step(
         return None
     cell_params, xs, state0, dhs = inp
     W_x, W_h, B = cell.fuse(cell_params)
-    xp = [xs[:, t] @ W_x + B for t in range(xs.shape[1])]
-    prevs, caches, dstates = _replay(cell, W_h, xp, state0, dhs)
-    for t in range(len(xp) - 1, -1, -1):
-        for part, m, o in _step_parts(cell, W_h, xp[t], prevs[t], caches[t], dstates[t]):
+    steps = _step_pairs(cell, W_h, xs, W_x, B, tuple(state0), dhs)
+    names = _part_names(cell, state0[0].shape[-1], W_x.shape[-1])
+    for t in range(len(steps) - 1, -1, -1):
+        for k, (m, o) in enumerate(steps[t]):
+            part = names[k] if k < len(names) else "dW_h"
             m, o = np.asarray(m, np.float64), np.asarray(o, np.float64)
             if m.shape != o.shape or not close(m, o, rtol):
                 d = diagnose_leaf(m, o, Context(batch=ctx.batch, time=ctx.time), rtol=rtol)
