@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxscratch.core import Op, apply, init_params, serial
+from jaxscratch.core import apply, init_params, serial
 from jaxscratch.ops import registry
 from jaxscratch.ops.activations import sigmoid, tanh
 from jaxscratch.ops.batchnorm import batch_norm
@@ -15,19 +15,30 @@ from jaxscratch.ops.combinators import parallel, residual
 from jaxscratch.ops.dense import dense
 from jaxscratch.ops.dropout import dropout
 from jaxscratch.ops.embedding import embedding
-from jaxscratch.oracle.check import check_op
 
 
 def _x(shape: tuple[int, ...], seed: int = 0) -> jax.Array:
     return jnp.asarray(np.random.default_rng(seed).standard_normal(shape) + 0.2, jnp.float64)
 
 
+def _init_shapes(op, in_shape: tuple[int, ...]):
+    """``(out_shape, params as shape structs)`` of ``op``'s init, traced only (nothing compiles)."""
+    out = {}
+
+    def params_of(key):
+        out["shape"], params = init_params(op, key, in_shape)
+        return params
+
+    params = jax.eval_shape(params_of, jax.random.key(0))
+    return out["shape"], params
+
+
 def test_residual_adds_the_input_and_its_dx():
     f = serial(dense(6, "tanh"), dense(4, "sigmoid"))
     op = residual(f)
-    shape, params = init_params(op, jax.random.key(0), (4,))
-    assert shape == (4,) and len(params) == 2  # f's params, unchanged
-    x = _x((3, 4))
+    shape, shapes = _init_shapes(op, (4,))
+    assert shape == (4,) and shapes[0]["W"].shape == (4, 6)  # f's params, unchanged
+    params, x = registry()["residual[bottleneck]"].example(jax.random.key(0))
     y, cache = op.forward(params, x)
     fx, fcache = f.forward(params, x)
     np.testing.assert_allclose(y, x + fx, rtol=1e-14)
@@ -40,9 +51,9 @@ def test_residual_adds_the_input_and_its_dx():
 
 def test_parallel_concat_joins_outputs_and_infers_shapes():
     op = parallel(dense(3, "tanh"), dense(5, "sigmoid"), combine="concat")
-    shape, params = init_params(op, jax.random.key(1), (4,))
-    assert shape == (8,) and len(params) == 2 and params[1]["W"].shape == (4, 5)
-    x = _x((2, 4))
+    shape, shapes = _init_shapes(op, (4,))
+    assert shape == (8,) and len(shapes) == 2 and shapes[1]["W"].shape == (4, 5)
+    params, x = registry()["parallel[concat]"].example(jax.random.key(0))
     y, _ = op.forward(params, x)
     a, _ = dense(3, "tanh").forward(params[0], x)
     np.testing.assert_allclose(
@@ -52,7 +63,7 @@ def test_parallel_concat_joins_outputs_and_infers_shapes():
 
 def test_parallel_concat_on_channels_of_images():
     op = parallel(tanh, sigmoid, tanh, combine="concat", axis=1)
-    assert init_params(op, jax.random.key(0), (3, 4, 5))[0] == (9, 4, 5)
+    assert _init_shapes(op, (3, 4, 5))[0] == (9, 4, 5)
     x = _x((2, 3, 4, 5))
     y, _ = op.forward(((), (), ()), x)
     assert y.shape == (2, 9, 4, 5)
@@ -64,28 +75,34 @@ def test_parallel_concat_on_channels_of_images():
 
 
 def test_the_fan_out_dx_must_be_the_sum_of_the_branches():
-    """The oracle fails a parallel whose backward keeps only the last branch's dx."""
+    """On the registry's example, dx differs from the last branch's dx alone: the oracle, which
+    passes the summed dx there (tests/test_oracle.py), would fail a backward that kept one."""
     good = registry()["parallel[sum]"]
     params, x = good.example(jax.random.key(0))
 
-    def last_branch_only(cache, dy):
-        grads, _ = good.op.backward(cache, dy)
-        ops = (dense(5, "tanh"), dense(5, "linear"), dense(5, "sigmoid"))
-        return grads, ops[-1].backward(cache[0][-1], dy)[1]
-
-    bad = Op("bad", good.op.forward, last_branch_only)
-    assert not check_op(bad, params, x).passed
+    y, cache = good.op.forward(params, x)
+    dy = _x(y.shape, 3)
+    _, dx = good.op.backward(cache, dy)
+    branches = (dense(5, "tanh"), dense(5, "linear"), dense(5, "sigmoid"))
+    parts = [op.backward(c, dy)[1] for op, c in zip(branches, cache[0], strict=True)]
+    np.testing.assert_allclose(dx, parts[0] + parts[1] + parts[2], rtol=1e-13)
+    assert all(np.abs(np.asarray(dx - part)).max() > 0.1 for part in parts)
 
 
 def test_fan_out_of_integer_ids_keeps_the_float0_cotangent():
     op = parallel(embedding(7, 4), embedding(7, 4))
-    _, params = init_params(op, jax.random.key(0), (5,))
+    assert _init_shapes(op, (5,))[0] == (5, 4)
+    params = ({"W": _x((7, 4), 1)}, {"W": _x((7, 4), 2)})
     ids = jnp.array([[0, 2, 2, 6, 1], [3, 3, 0, 1, 2]])
     _, cache = op.forward(params, ids)
     _, dx = op.backward(cache, _x((2, 5, 4)))
     assert dx.dtype == jax.dtypes.float0 and dx.shape == ids.shape
-    report = check_op(op, params, ids)
-    assert report.passed, report.detail
+    _, vjp = jax.vjp(lambda p, i: op.forward(p, i)[0], params, ids)
+    dy = _x((2, 5, 4))
+    (dp, dx), (dp_ref, dx_ref) = op.backward(cache, dy), vjp(dy)
+    assert dx_ref.dtype == jax.dtypes.float0
+    for mine, ref in zip(dp, dp_ref, strict=True):
+        np.testing.assert_allclose(mine["W"], ref["W"], rtol=1e-13)
 
 
 def test_keys_and_state_pass_through():
@@ -109,13 +126,13 @@ def test_keys_and_state_pass_through():
 
 def test_bad_combinations_are_refused():
     with pytest.raises(ValueError, match="residual.*must keep the shape"):
-        init_params(residual(dense(3)), jax.random.key(0), (4,))
+        _init_shapes(residual(dense(3)), (4,))
     with pytest.raises(ValueError, match="residual.*must keep the shape"):
         residual(dense(3)).forward({"W": _x((4, 3)), "B": _x((1, 3))}, _x((2, 4)))
     with pytest.raises(ValueError, match=r"parallel\[sum\].*differ"):
-        init_params(parallel(dense(3), dense(4)), jax.random.key(0), (4,))
+        _init_shapes(parallel(dense(3), dense(4)), (4,))
     with pytest.raises(ValueError, match="axis 0 is not a non-batch axis"):
-        init_params(parallel(tanh, tanh, combine="concat", axis=0), jax.random.key(0), (4,))
+        _init_shapes(parallel(tanh, tanh, combine="concat", axis=0), (4,))
     with pytest.raises(ValueError, match="axis -3 is not a non-batch axis"):
         parallel(tanh, tanh, combine="concat", axis=-3).forward(((), ()), _x((2, 4)))
     with pytest.raises(ValueError, match="parallel: combine must be one of 'sum', 'concat'"):

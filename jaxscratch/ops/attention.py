@@ -165,15 +165,14 @@ def multi_head_attention(
 def _example(key: Array) -> tuple[dict[str, Array], Array]:
     """batch 2, T 5, d_in 7, dim 6 in 2 heads of 3: no two sizes equal; weights scaled so that
     the softmax is neither flat nor saturated; x off-centre."""
-    keys = jax.random.split(key, 5)
+    rng = initializers.host_rng(key)
     d_in, dim = 7, 6
     shapes = [(d_in, dim)] * 3 + [(dim, dim)]
     params = {
-        w: jax.random.normal(k, s, jnp.float64) / jnp.sqrt(s[0])
-        for w, k, s in zip(WEIGHTS, keys[:4], shapes, strict=True)
+        w: jnp.asarray(rng.standard_normal(s) / s[0] ** 0.5)
+        for w, s in zip(WEIGHTS, shapes, strict=True)
     }
-    x = 0.3 + 1.5 * jax.random.normal(keys[4], (2, 5, d_in), jnp.float64)
-    return params, x
+    return params, jnp.asarray(0.3 + 1.5 * rng.standard_normal((2, 5, d_in)))
 
 
 register(multi_head_attention(2, 6), _example, name="multi_head_attention")

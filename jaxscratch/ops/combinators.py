@@ -26,7 +26,19 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxscratch.core import Array, Op, Params, Shape, apply, init_params, register, update_state
+from jaxscratch.core import (
+    Array,
+    Op,
+    Params,
+    Shape,
+    apply,
+    init_params,
+    register,
+    serial,
+    update_state,
+)
+from jaxscratch.ops.dense import dense
+from jaxscratch.ops.init import host_rng
 from jaxscratch.validate import check_choice, check_int
 
 COMBINE = {"sum": "add the branch outputs", "concat": "concatenate them along axis"}
@@ -206,11 +218,10 @@ def parallel(*ops: Op, combine: str = "sum", axis: int = -1, name: str | None = 
 # ------------------------------------------------------------------------------------------------
 
 
-def _dense_params(key: Array, n_in: int, n_out: int) -> dict[str, Array]:
-    kw, kb = jax.random.split(key)
+def _dense_params(rng: np.random.Generator, n_in: int, n_out: int) -> dict[str, Array]:
     return {
-        "W": jax.random.normal(kw, (n_in, n_out), jnp.float64) / np.sqrt(n_in),
-        "B": 0.5 + jax.random.normal(kb, (1, n_out), jnp.float64),
+        "W": jnp.asarray(rng.standard_normal((n_in, n_out)) / np.sqrt(n_in)),
+        "B": jnp.asarray(0.5 + rng.standard_normal((1, n_out))),
     }
 
 
@@ -219,21 +230,14 @@ def _example(branches: tuple[tuple[int, int], ...], n_in: int, batch: int = 3):
     parallel's params, or a serial's), and x (batch, n_in) off-centre."""
 
     def example(key: Array) -> tuple[Any, Array]:
-        keys = jax.random.split(key, len(branches) + 1)
-        params = tuple(
-            _dense_params(k, i, o) for k, (i, o) in zip(keys[:-1], branches, strict=True)
-        )
-        x = 0.2 + jax.random.normal(keys[-1], (batch, n_in), jnp.float64)
-        return params, x
+        rng = host_rng(key)
+        params = tuple(_dense_params(rng, i, o) for i, o in branches)
+        return params, jnp.asarray(0.2 + rng.standard_normal((batch, n_in)))
 
     return example
 
 
 def _build_examples() -> None:
-    from jaxscratch.core import serial
-    from jaxscratch.ops.activations import tanh
-    from jaxscratch.ops.dense import dense
-
     bottleneck = serial(dense(6, "tanh"), dense(4, "sigmoid"))
     register(residual(bottleneck), _example(((4, 6), (6, 4)), 4), name="residual[bottleneck]")
     register(
@@ -243,13 +247,6 @@ def _build_examples() -> None:
     )
     summed = parallel(dense(5, "tanh"), dense(5, "linear"), dense(5, "sigmoid"))
     register(summed, _example(((4, 5), (4, 5), (4, 5)), 4), name="parallel[sum]")
-    detour = serial(dense(3, "tanh"), dense(5, "linear"))
-
-    def _free_branch_example(key: Array) -> tuple[Any, Array]:
-        params, x = _example(((5, 3), (3, 5)), 5, batch=2)(key)
-        return ((), params), x  # tanh has no params; the detour is a serial of two dense
-
-    register(parallel(tanh, detour), _free_branch_example, name="parallel[sum,free]")
 
 
 _build_examples()

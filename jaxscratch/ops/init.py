@@ -20,6 +20,7 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.typing import DTypeLike
 
 from jaxscratch.validate import check_choice
@@ -103,3 +104,11 @@ def check_init(fn: str, init: str) -> str:
     """``init`` if it names an initialiser (``INITS``); else ``TypeError``/``ValueError`` naming
     ``fn`` and the allowed names (:func:`jaxscratch.validate.check_choice`)."""
     return check_choice(fn, "init", init, INITS)
+
+
+def host_rng(key: jax.Array) -> np.random.Generator:
+    """A numpy generator seeded from ``key``: oracle examples draw their float64 values from it
+    on the host, since a ``jax.random`` draw compiles once per new shape, which dominated the
+    time of an oracle row. Same key, same draws."""
+    seed = np.asarray(jax.random.key_data(key)).ravel().astype(np.uint64).tolist()
+    return np.random.default_rng(seed)

@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxscratch.core import Array, Op, Shape, register
+from jaxscratch.ops.init import host_rng
 from jaxscratch.validate import check_positive_int
 
 
@@ -236,7 +237,7 @@ def _x_example(shape: tuple[int, ...]):
     """A parameter-free op's oracle example: ``((), x)``, x float64 normal of ``shape``."""
 
     def example(key: jax.Array) -> tuple[tuple[()], Array]:
-        return (), jax.random.normal(key, shape, jnp.float64)
+        return (), jnp.asarray(host_rng(key).standard_normal(shape))
 
     return example
 
@@ -247,8 +248,8 @@ flatten = register(
 max_pool2d = register(make_max_pool2d(2), _x_example((3, 2, 7, 6)))  # odd height: floored
 # 3x3 windows at stride 2 overlap by one row/column; 8 wide leaves the last column unreached
 register(make_max_pool2d(3, 2), _x_example((2, 3, 7, 8)), name="max_pool2d[3,2]")
-register(make_max_pool2d(2, 3), _x_example((2, 3, 8, 7)), name="max_pool2d[2,3]")  # gaps
-avg_pool2d = register(make_avg_pool2d(2), _x_example((3, 2, 7, 6)))
+# one example per code path (a stride of its own shares _strided_max_pool2d's code; tiled
+# average pooling shares avg_pool2d's): each oracle row costs the suite a second or more
 register(make_avg_pool2d(3, 2), _x_example((2, 3, 7, 8)), name="avg_pool2d[3,2]")
 
-__all__ = ["avg_pool2d", "flatten", "make_avg_pool2d", "make_max_pool2d", "max_pool2d"]
+__all__ = ["flatten", "make_avg_pool2d", "make_max_pool2d", "max_pool2d"]
