@@ -10,7 +10,8 @@ import pytest
 
 from jaxscratch.core import init_params
 from jaxscratch.ops import attention, registry
-from jaxscratch.ops.attention import multi_head_attention
+from jaxscratch.ops.attention import multi_head_attention, transformer_block
+from jaxscratch.ops.norm import layer_norm
 
 
 def _reference(params: dict, x: np.ndarray, h: int, causal: bool) -> np.ndarray:
@@ -95,3 +96,28 @@ def test_attention_refuses_bad_shapes_and_arguments():
         multi_head_attention(0, 6)
     with pytest.raises(ValueError, match="dy"):
         op.backward(op.forward(params, x)[1], jnp.ones((2, 5, 7)))
+
+
+def test_the_transformer_block_composes_its_parts_and_stays_causal():
+    entry = registry()["transformer_block[causal]"]
+    params, x = entry.example(jax.random.key(0))
+    (ln1, attn), (ln2, (d1, d2)) = params
+    y, _ = entry.op.forward(params, x)
+    norm = layer_norm()
+    h = np.asarray(
+        x + multi_head_attention(2, 6, causal=True).forward(attn, norm.forward(ln1, x)[0])[0]
+    )
+    z = np.tanh(
+        np.asarray(norm.forward(ln2, jnp.asarray(h))[0]) @ np.asarray(d1["W"]) + np.asarray(d1["B"])
+    )
+    np.testing.assert_allclose(y, h + z @ np.asarray(d2["W"]) + np.asarray(d2["B"]), rtol=1e-12)
+    y2, _ = entry.op.forward(params, x.at[:, 4:].add(3.0))
+    np.testing.assert_allclose(y2[:, :4], y[:, :4], rtol=1e-13)
+    out = {}
+
+    def params_of(key):
+        out["shape"], p = init_params(transformer_block(2, 6, 7), key, (5, 6))
+        return p
+
+    shapes = jax.eval_shape(params_of, jax.random.key(0))
+    assert out["shape"] == (5, 6) and shapes[1][1][0]["W"].shape == (6, 7)

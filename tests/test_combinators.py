@@ -11,7 +11,7 @@ from jaxscratch.core import apply, init_params, serial
 from jaxscratch.ops import registry
 from jaxscratch.ops.activations import sigmoid, tanh
 from jaxscratch.ops.batchnorm import batch_norm
-from jaxscratch.ops.combinators import parallel, residual
+from jaxscratch.ops.combinators import parallel, per_position, residual
 from jaxscratch.ops.dense import dense
 from jaxscratch.ops.dropout import dropout
 from jaxscratch.ops.embedding import embedding
@@ -145,3 +145,17 @@ def test_bad_combinations_are_refused():
         parallel()
     with pytest.raises(ValueError, match="expected params for 2 branches, got 1"):
         parallel(tanh, sigmoid).forward(((),), _x((2, 3)))
+
+
+def test_per_position_applies_a_row_op_at_every_position():
+    op = per_position(dense(3, "tanh"))
+    params, x = registry()["per_position[dense]"].example(jax.random.key(0))
+    y, cache = op.forward(params, x)
+    rows, _ = dense(3, "tanh").forward(params, x.reshape(10, 4))
+    np.testing.assert_allclose(y, rows.reshape(2, 5, 3), rtol=1e-14)
+    _, dx = op.backward(cache, jnp.ones_like(y))
+    assert dx.shape == x.shape
+    assert _init_shapes(op, (5, 4))[0] == (5, 3)
+    with pytest.raises(ValueError, match=r"per_position\(dense\[3,tanh\]\): x must be"):
+        op.forward(params, x[0])
+    assert per_position(batch_norm()).update is not None

@@ -19,6 +19,14 @@ Backward (chain rule back through each line; the softmax's is the one to derive)
 
 Masked entries have ``P = 0``, hence ``dS = 0``: the causal mask needs nothing in the backward.
 cache: ``(x, Q, K, V, P, A, Wq, Wk, Wv, Wo)`` with Q, K, V split into heads (batch, h, T, d).
+
+``transformer_block(heads, dim, hidden, causal)``: the pre-norm block (as in GPT-2), built from
+the ops above with :mod:`jaxscratch.ops.combinators`, so its backward is theirs composed::
+
+    h = x + multi_head_attention(layer_norm(x))
+    y = h + dense(dim)(dense(hidden, activation)(layer_norm(h)))     (dense at every position)
+
+x (batch, T, dim) -> y (batch, T, dim). params ``((ln, attention), (ln, (dense, dense)))``.
 """
 
 from __future__ import annotations
@@ -27,8 +35,11 @@ import jax
 import jax.numpy as jnp
 from jax.typing import DTypeLike
 
-from jaxscratch.core import Array, Op, Shape, register
+from jaxscratch.core import Array, Op, Shape, register, serial
 from jaxscratch.ops import init as initializers
+from jaxscratch.ops.combinators import per_position, residual
+from jaxscratch.ops.dense import dense
+from jaxscratch.ops.norm import layer_norm
 from jaxscratch.validate import check_positive_int
 
 WEIGHTS = ("Wq", "Wk", "Wv", "Wo")
@@ -175,7 +186,56 @@ def _example(key: Array) -> tuple[dict[str, Array], Array]:
     return params, jnp.asarray(0.3 + 1.5 * rng.standard_normal((2, 5, d_in)))
 
 
+def transformer_block(
+    heads: int,
+    dim: int,
+    hidden: int,
+    causal: bool = False,
+    *,
+    activation: str = "relu",
+    eps: float = 1e-5,
+) -> Op:
+    """The pre-norm transformer block (see the module docstring): attention then a two-layer
+    position-wise MLP of width ``hidden``, each inside a residual after a layer norm.
+
+    x (batch, T, dim) -> y (batch, T, dim); params ``((ln, attention), (ln, (dense, dense)))``;
+    cache: the composed ops' caches. init: per-row (T, dim) -> (T, dim).
+    """
+    hidden = check_positive_int("transformer_block", "hidden", hidden)
+    attend = residual(serial(layer_norm(eps), multi_head_attention(heads, dim, causal)))
+    mlp = serial(per_position(dense(hidden, activation)), per_position(dense(dim)))
+    label = f"transformer_block[{heads},{dim},{hidden}{',causal' if causal else ''}]"
+    return serial(attend, residual(serial(layer_norm(eps), mlp)), name=label)
+
+
+def _block_example(key: Array) -> tuple[tuple, Array]:
+    """batch 2, T 5, dim 6 (2 heads of 3), hidden 7; layer-norm gains and dense biases non-trivial."""
+    attention_params, x = _example(key)  # d_in 7: its first 6 input features and rows of W
+    rng = initializers.host_rng(jax.random.fold_in(key, 1))
+
+    def ln() -> dict[str, Array]:
+        return {
+            "gamma": jnp.asarray(1 + 0.3 * rng.standard_normal(6)),
+            "beta": jnp.asarray(0.3 * rng.standard_normal(6)),
+        }
+
+    def layer(n_in: int, n_out: int) -> dict[str, Array]:
+        W = rng.standard_normal((n_in, n_out)) / n_in**0.5
+        return {"W": jnp.asarray(W), "B": jnp.asarray(0.3 * rng.standard_normal((1, n_out)))}
+
+    params = (
+        (ln(), {k: v[:6] for k, v in attention_params.items()}),
+        (ln(), (layer(6, 7), layer(7, 6))),
+    )
+    return params, x[..., :6]
+
+
 register(multi_head_attention(2, 6), _example, name="multi_head_attention")
+register(
+    transformer_block(2, 6, 7, causal=True, activation="tanh"),
+    _block_example,
+    name="transformer_block[causal]",
+)
 register(multi_head_attention(2, 6, causal=True), _example, name="multi_head_attention[causal]")
 
-__all__ = ["multi_head_attention"]
+__all__ = ["multi_head_attention", "transformer_block"]

@@ -12,7 +12,12 @@ lengths along ``axis`` (Python ints; ``()`` for ``"sum"``). backward: each branc
 (sum) or its slice of ``dy`` (concat), and because ``x`` fans out, **dx is the sum of the
 branches' dx** (the multivariate chain rule of chapter 1: ``d/dx sum_i f_i(x) = sum_i f_i'(x)``).
 
-Both pass ``key``/``train`` on as :func:`jaxscratch.core.serial` does: the combination is
+``per_position(f)``: ``f`` (an op on rows, e.g. ``dense``) applied to every position of a
+sequence: x (batch, T, ...) is reshaped to (batch * T, ...), ``f`` runs on it, and y is reshaped
+back to (batch, T, ...out). params: ``f``'s. cache: ``(f's cache, batch, T)``. backward: ``f``'s
+on the reshaped ``dy``, dx reshaped back (a reshape's gradient is the inverse reshape).
+
+All three pass ``key``/``train`` on as :func:`jaxscratch.core.serial` does: the combination is
 stochastic if a branch is (the key is split into one sub-key per stochastic branch) and stateful
 if a branch is (``update`` updates each stateful branch from its cache). ``init`` infers shapes
 like ``serial``'s: one key per branch, every branch sees the input shape.
@@ -213,6 +218,45 @@ def parallel(*ops: Op, combine: str = "sum", axis: int = -1, name: str | None = 
     return Op(label, forward, backward, init, stochastic, update if stateful else None)
 
 
+def per_position(f: Op, *, name: str | None = None) -> Op:
+    """``f`` applied at every position of a sequence (see the module docstring).
+
+    x (batch, T, ...) -> y (batch, T, ...f's output); params: ``f``'s; cache ``(f's cache, batch,
+    T)``. init: per-row ``(T, *row)`` -> ``(T, *f's output row)``.
+    """
+    _check_ops("per_position", (f,))
+    label = name or f"per_position({f.name})"
+
+    def forward(
+        params: Params, x: Array, *, key: Array | None = None, train: bool = True
+    ) -> tuple[Array, tuple]:
+        if jnp.ndim(x) < 3:
+            raise ValueError(f"{label}: x must be (batch, T, ...), got shape {tuple(jnp.shape(x))}")
+        b, t = x.shape[:2]
+        y, cache = apply(f, params, x.reshape(b * t, *x.shape[2:]), key=key, train=train)
+        return y.reshape(b, t, *y.shape[1:]), (cache, b, t)
+
+    def backward(cache: tuple, dy: Array) -> tuple[Any, Array]:
+        fcache, b, t = cache
+        if dy.shape[:2] != (b, t):
+            raise ValueError(
+                f"{label}: dy{tuple(dy.shape)} does not start with (batch, T) = {(b, t)}"
+            )
+        dparams, dx = f.backward(fcache, dy.reshape(b * t, *dy.shape[2:]))
+        return dparams, dx.reshape(b, t, *dx.shape[1:])
+
+    def init(key: Array, in_shape: Shape) -> tuple[Shape, Params]:
+        if len(in_shape) < 2:
+            raise ValueError(f"{label}: expects rows of shape (T, ...), got {tuple(in_shape)}")
+        out_shape, params = init_params(f, key, tuple(in_shape[1:]))
+        return (in_shape[0], *out_shape), params
+
+    def update(params: Params, cache: tuple) -> Params:
+        return update_state(f, params, cache[0])
+
+    return Op(label, forward, backward, init, f.stochastic, update if f.update else None)
+
+
 # ------------------------------------------------------------------------------------------------
 # Registry: one example per combination shape (non-square, batch > 1, non-zero biases)
 # ------------------------------------------------------------------------------------------------
@@ -248,7 +292,13 @@ def _build_examples() -> None:
     summed = parallel(dense(5, "tanh"), dense(5, "linear"), dense(5, "sigmoid"))
     register(summed, _example(((4, 5), (4, 5), (4, 5)), 4), name="parallel[sum]")
 
+    def _sequence_example(key: Array) -> tuple[Any, Array]:
+        (params,), x = _example(((4, 3),), 4, batch=10)(key)
+        return params, x.reshape(2, 5, 4)  # batch 2, T 5, 4 features -> 3
+
+    register(per_position(dense(3, "tanh")), _sequence_example, name="per_position[dense]")
+
 
 _build_examples()
 
-__all__ = ["COMBINE", "add_cotangents", "parallel", "residual"]
+__all__ = ["COMBINE", "add_cotangents", "parallel", "per_position", "residual"]
