@@ -28,6 +28,7 @@ from jaxscratch.oracle.check import (
     format_summary,
     iter_registry,
 )
+from jaxscratch.oracle.localise import Location
 from jaxscratch.runs.cli import main as cli_main
 from jaxscratch.train.loop import make_step
 
@@ -93,7 +94,9 @@ def _wm(bwd):
 
 def test_oracle_catches_relu_that_passes_every_gradient():
     x = _normal(jax.random.key(0), (5, 7))
-    assert not check_op(_relu_passes_everything(), (), x).passed
+    report = check_op(_relu_passes_everything(), (), x)
+    assert not report.passed and report.diagnosis is not None
+    assert report.location.leaf == "dx"
 
 
 def test_oracle_catches_missing_transpose():
@@ -116,7 +119,10 @@ def test_oracle_catches_missing_one_over_n():
 
     broken = Loss("mse_missing_1_over_n", fwd, lambda diff: 2.0 * diff)
     pred, target = _normal(jax.random.key(3), (4, 2)), _normal(jax.random.key(4), (4, 2))
-    assert not check_loss(broken, pred, target).passed
+    report = check_loss(broken, pred, target)
+    assert not report.passed
+    assert report.diagnosis == "scale" and report.constant == pytest.approx(4.0)  # the batch
+    assert "= the batch size" in format_report(report)
     assert check_loss(mean_squared_error, pred, target).passed
 
 
@@ -136,7 +142,8 @@ def test_oracle_catches_bias_gradient_over_the_wrong_axis():
         return {"B": jnp.sum(dy, axis=1)[None, :]}, dy
 
     x_sq = _normal(jax.random.key(6), (3, 3))
-    assert not check_op(Op("broken_bias_sq", fwd, bwd_square), {"B": B}, x_sq).passed
+    report = check_op(Op("broken_bias_sq", fwd, bwd_square), {"B": B}, x_sq)
+    assert not report.passed and report.diagnosis == "wrong-axis"
 
 
 def test_oracle_catches_one_percent_error_in_one_entry_of_a_64x200_gradient():
@@ -150,15 +157,19 @@ def test_oracle_catches_one_percent_error_in_one_entry_of_a_64x200_gradient():
     report = check_op(_wm(bwd), {"W": W}, x)
     assert not report.passed
     assert "[17, 123]" in report.detail
+    assert report.diagnosis == "unknown"  # one entry off: no pattern, but the place
+    assert report.location.leaf == "dparams['W']" and report.location.index == (17, 123)
 
 
 def test_oracle_catches_wrong_structure_and_non_tuple():
     op = _wm(lambda c, dy: ({"V": c[0].T @ dy}, dy @ c[1].T))
     W = _normal(jax.random.key(1), (4, 3))
     x = _normal(jax.random.key(2), (6, 4))
-    assert "structure" in check_op(op, {"W": W}, x).detail
+    report = check_op(op, {"W": W}, x)
+    assert "structure" in report.detail and report.diagnosis == "structure"
     op2 = _wm(lambda c, dy: dy @ c[1].T)
-    assert not check_op(op2, {"W": W}, x).passed
+    report2 = check_op(op2, {"W": W}, x)
+    assert not report2.passed and report2.diagnosis == "structure"
 
 
 def test_finite_differences_alone_catch_an_error_the_vjp_would_too():
@@ -212,6 +223,10 @@ def test_format_report_and_summary():
     assert format_report(bad).endswith("FAIL  dx: 3 entries off")
     assert len(format_report(ok)) == len(HEADER) - len("result") + len("PASS")  # aligned columns
     assert format_summary([ok, bad]) == "oracle: 1/2 ops and losses pass (1 FAIL)"
+    diagnosed = Report("op_c", False, 1.0, 0.5, 0.4, "gradient[1][0, 1]: manual 2, oracle 1")
+    diagnosed.diagnosis, diagnosed.diagnosis_detail = "scale", "looks like a missing 1/2"
+    diagnosed.location = Location("dx", (0, 1))
+    assert format_report(diagnosed).endswith("FAIL  looks like a missing 1/2 (at dx[0, 1])")
     assert format_reports([ok]).splitlines() == [HEADER, format_report(ok), format_summary([ok])]
 
 

@@ -14,6 +14,7 @@ import pytest
 from jaxscratch.core import Loss, Op, serial
 from jaxscratch.ops import registry
 from jaxscratch.ops.cells import LSTM, _lstm_recur_backward
+from jaxscratch.ops.combinators import parallel
 from jaxscratch.ops.dense import dense
 from jaxscratch.ops.rnn import sequence
 from jaxscratch.oracle import (
@@ -143,6 +144,14 @@ def test_a_wrong_layer_of_a_network_is_named():
     assert report.location.layer_name == "dense_doubled_dx"
     assert report.diagnosis == "scale" and report.constant == pytest.approx(2.0)
     assert "layer 1 (dense_doubled_dx)" in format_report(report)
+
+
+def test_a_wrong_branch_of_a_parallel_is_named():
+    net = parallel(dense(3), _double_dx(dense(2, "tanh")), combine="concat")
+    _, params = net.init(jax.random.key(0), (5,))
+    report = check_op(net, params, _normal(1, (4, 5)))
+    assert (report.location.kind, report.location.layer) == ("branch", 1)
+    assert report.diagnosis == "scale" and "branch 1 (dense_doubled_dx)" in format_report(report)
 
 
 def _no_forget(W_h, h_prev, cache, dstate):  # the LSTM's c_prev -> c path dropped

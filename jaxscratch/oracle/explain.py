@@ -21,7 +21,9 @@ from jaxscratch.oracle.diagnose import (
 from jaxscratch.oracle.localise import (
     Location,
     cell_of,
+    combinator_paths,
     layers_of,
+    wrong_branch,
     wrong_dx_step,
     wrong_layers,
     wrong_step,
@@ -77,12 +79,28 @@ def _explain_layer(
     return Diagnosis(d.kind, words, d.constant, d.leaf, d.index), loc
 
 
+def _explain_branch(
+    op: Any, params: Any, x: Any, dy: Any, key: Any, rtol: float
+) -> tuple[Diagnosis, Location] | None:
+    found = wrong_branch(op, params, x, dy, key, rtol)
+    if found is None:
+        return None
+    i, sub, p, d, k = found
+    diag, inner = explain(sub, p, x, d, k, rtol)
+    name = _name(sub)
+    words = f"branch {i} ({name}): {diag.words}"
+    loc = Location(diag.leaf, diag.index, layer=i, layer_name=name, inner=inner, kind="branch")
+    return Diagnosis(diag.kind, words, diag.constant, diag.leaf, diag.index), loc
+
+
 def explain(
     op: Any, params: Any, x: Any, dy: Any, key: Any, rtol: float, paths: Paths | None = None
 ) -> tuple[Diagnosis, Location]:
     """Why and where ``op.backward`` disagrees with ``jax.vjp`` at ``(params, x)`` and cotangent
     ``dy`` (float64 inputs; ``key`` for a stochastic op's forward)."""
-    layer = _explain_layer(op, params, x, dy, key, rtol)
+    layer = _explain_layer(op, params, x, dy, key, rtol) or _explain_branch(
+        op, params, x, dy, key, rtol
+    )
     if layer is not None:
         return layer
     n = batch_size(x)
@@ -97,7 +115,12 @@ def explain(
         batch=n,
         time=_time_axis(x),
         per_sample=per_sample_gradients(vjp_fn, dy, n),
-        paths=path_oracles(paths or getattr(op, "paths", None), params, x, dy),
+        paths=path_oracles(
+            paths or getattr(op, "paths", None) or combinator_paths(op, params, x, key),
+            params,
+            x,
+            dy,
+        ),
         cross_sample=cross_sample_check(lambda d: op.backward(cache, d), vjp_fn, dy, n),
     )
     d = diagnose(manual, oracle, ctx, rtol)

@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxscratch.core import apply
+from jaxscratch.core import Op, apply
 from jaxscratch.ops.cells import Cell
 from jaxscratch.oracle.compare import close, compare, is_float
 from jaxscratch.oracle.diagnose import Context, Diagnosis, diagnose_leaf
@@ -50,8 +50,8 @@ class Location:
     """Where the first wrong gradient is.
 
     leaf: the gradient leaf (``dparams['W']``, ``dx``); index: its worst entry. layer, layer_name:
-    the network layer (index into the serial's params) whose backward is wrong; inner: the
-    location inside that layer. step: the time step of a recurrence; part: its gate or path;
+    the network layer (index into the serial's params) or, with ``kind="branch"``, the branch of
+    a ``residual``/``parallel`` whose backward is wrong; inner: the location inside it. step: the time step of a recurrence; part: its gate or path;
     cell: the cell's name.
     """
 
@@ -63,6 +63,7 @@ class Location:
     part: str | None = None
     cell: str | None = None
     inner: Location | None = None
+    kind: str = "layer"
 
     def innermost(self) -> Location:
         """The location inside the innermost layer."""
@@ -71,7 +72,7 @@ class Location:
     def __str__(self) -> str:
         if self.layer is not None:
             inner = f": {self.inner}" if self.inner is not None else ""
-            return f"layer {self.layer} ({self.layer_name}){inner}"
+            return f"{self.kind} {self.layer} ({self.layer_name}){inner}"
         where = ""
         if self.step is not None:
             where = f"{self.cell or 'step'}[t={self.step}] {self.part or 'dx'}"
@@ -89,6 +90,7 @@ class Location:
             "step": self.step,
             "part": self.part,
             "cell": self.cell,
+            "kind": self.kind,
         }
         out["inner"] = None if self.inner is None else self.inner.to_dict()
         out["text"] = str(self)
@@ -280,3 +282,66 @@ def wrong_dx_step(manual_dx: Any, oracle_dx: Any, rtol: float) -> int | None:
         if np.any(np.abs(m[:, t] - o[:, t]) > rtol * (np.abs(o[:, t]) + scale))
     ]
     return bad[-1] if bad else None
+
+
+# ---------------------------------------------------------------------------------------------
+# the combinators of jaxscratch.ops.combinators: branches and paths
+
+
+def _call(op: Any, p: Any, x: Any, key: Any) -> Any:
+    return apply(op, p, x, key=key)[0] if isinstance(op, Op) else op.forward(p, x)[0]
+
+
+def branches_of(op: Any, params: Any, x: Any, dy: Any, key: Any) -> list[tuple] | None:
+    """``[(op_i, params_i, dy_i, key_i)]`` of a ``residual`` (its branch, one) or a
+    ``parallel`` (every branch, with its share of ``dy``); None for another op."""
+    qual = getattr(op.backward, "__qualname__", "")
+    if qual.startswith("residual.<locals>"):
+        f = _closure(op.backward, "f")
+        return None if f is None else [(f, params, dy, key)]
+    if not qual.startswith("parallel.<locals>"):
+        return None
+    ops = _closure(op.backward, "ops")
+    combine, axis = _closure(op.backward, "combine"), _closure(op.backward, "axis")
+    if not ops or not isinstance(params, tuple | list) or len(params) != len(ops):
+        return None
+    keys = _layer_keys(tuple(ops), key)
+    if combine != "concat":
+        return [(o, p, dy, k) for o, p, k in zip(ops, params, keys, strict=True)]
+    sizes = [jnp.shape(_call(o, p, x, k))[axis] for o, p, k in zip(ops, params, keys, strict=True)]
+    cuts = np.cumsum(sizes)[:-1].tolist()
+    dys = jnp.split(dy, cuts, axis=axis)
+    return [(o, p, d, k) for o, p, d, k in zip(ops, params, dys, keys, strict=True)]
+
+
+def combinator_paths(op: Any, params: Any, x: Any, key: Any) -> dict[str, Any]:
+    """The ``paths`` of a ``residual`` (the identity skip and the branch) or a sum ``parallel``
+    (one per branch), as functions of ``(params, x)``; ``{}`` for another op."""
+    qual = getattr(op.backward, "__qualname__", "")
+    if qual.startswith("residual.<locals>"):
+        f = _closure(op.backward, "f")
+        return {
+            "the skip connection (identity)": lambda p, xx: xx,
+            f"the branch {getattr(f, 'name', 'f')}": lambda p, xx: _call(f, p, xx, key),
+        }
+    ops = _closure(op.backward, "ops") if qual.startswith("parallel.<locals>") else None
+    if not ops or _closure(op.backward, "combine") != "sum":
+        return {}
+    keys = _layer_keys(tuple(ops), key)
+    return {
+        f"branch {i} ({getattr(o, 'name', '?')})": (
+            lambda p, xx, i=i, o=o: _call(o, p[i], xx, keys[i])
+        )
+        for i, o in enumerate(ops)
+    }
+
+
+def wrong_branch(op: Any, params: Any, x: Any, dy: Any, key: Any, rtol: float) -> tuple | None:
+    """``(index, op_i, params_i, dy_i, key_i)`` of the first branch of a combinator whose own
+    backward is wrong (at the combinator's input and the branch's share of ``dy``), or None."""
+    for i, (o, p, d, k) in enumerate(branches_of(op, params, x, dy, key) or []):
+        _, cache = apply(o, p, x, key=k) if isinstance(o, Op) else o.forward(p, x)
+        _, vjp_fn = jax.vjp(lambda pp, xx, o=o, k=k: _call(o, pp, xx, k), p, x)
+        if compare(tuple(o.backward(cache, d)), tuple(vjp_fn(d)), rtol)[2]:
+            return i, o, p, d, k
+    return None

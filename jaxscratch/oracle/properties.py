@@ -82,9 +82,10 @@ class _Subject:
 
 def _linear(s: _Subject, dy2: Any, rtol: float) -> Check:
     a, b = 0.7, -1.3
-    mixed = jax.tree.map(lambda u, v: a * u + b * v, s.dy, dy2)
+    mix = lambda u, v: a * u + b * v if is_float(u) else u  # noqa: E731  # float0 / int as they are
+    mixed = jax.tree.map(mix, s.dy, dy2)
     g2 = s.grads(s.params, s.x, dy2)
-    want = jax.tree.map(lambda u, v: a * u + b * v, s.manual, g2)
+    want = jax.tree.map(mix, s.manual, g2)
     return _agree("linear-in-dy", s.grads(s.params, s.x, mixed), want, rtol, "a dy1 + b dy2")
 
 
@@ -132,7 +133,8 @@ def _vmap(s: _Subject, per_sample: bool, rtol: float) -> Check:
 
 def _scan(s: _Subject, dy2: Any, rtol: float) -> Check:
     dys = jax.tree.map(lambda a, b: jnp.stack([a, b]), s.dy, dy2)
-    _, out = jax.lax.scan(lambda c, d: (c, s.grads(s.params, s.x, d)), None, dys)
+    # params and x ride in the carry, traced as in a training loop's scan
+    _, out = jax.lax.scan(lambda c, d: (c, s.grads(c[0], c[1], d)), (s.params, s.x), dys)
     first = jax.tree.map(lambda a: a[0], out)
     return _agree("scan", first, s.manual, rtol, "inside lax.scan")
 
