@@ -389,7 +389,7 @@ def test_bad_inputs_raise_naming_the_op_and_shapes():
         lambda: conv2d(4, 0),
         lambda: conv2d(4, (3, 3, 3)),
         lambda: conv2d(0, 3),
-        lambda: conv2d(4, 3, init="he"),
+        lambda: conv2d(4, 3, init="kaiming"),
         lambda: conv2d(4, 3, method="fft"),
         lambda: conv_layer(4, 3, dropout=0.0),
         lambda: conv_layer(4, 3, dropout=1.5),

@@ -70,5 +70,30 @@ def test_glorot_init_std():
     assert p["B"].shape == (1, fan_out)
     _, p_normal = init_params(dense(fan_out, "tanh"), KEY, (fan_in,))
     assert abs(np.asarray(p_normal["W"]).std() - 1.0) < 0.01
-    with pytest.raises(ValueError, match="dense: init must be one of 'normal', 'glorot'"):
-        dense(3, init="he")
+    with pytest.raises(ValueError, match="dense: init must be one of 'normal', 'glorot', 'he'"):
+        dense(3, init="kaiming")
+
+
+@pytest.mark.parametrize("init", ["he", "he_uniform"])
+def test_he_initialisation_has_variance_two_over_fan_in(init):
+    """dense and conv2d draw He weights with variance 2 / fan_in (B zeros for dense)."""
+    from jaxscratch.core import init_params
+    from jaxscratch.ops.conv import conv2d
+
+    params = init_params(dense(400, "relu", init=init), jax.random.key(0), (300,))[1]
+    assert abs(float(jnp.var(params["W"])) / (2 / 300) - 1) < 0.02
+    assert not bool(jnp.any(params["B"]))
+    w = init_params(conv2d(64, 3, init=init), jax.random.key(1), (32, 8, 8))[1]["W"]
+    assert abs(float(jnp.var(w)) / (2 / (32 * 9)) - 1) < 0.03
+
+
+def test_normal_and_glorot_draws_are_unchanged():
+    """The book's normal and Glorot dense draws (W and B with one scale) stay as they were."""
+    from jaxscratch.core import init_params
+    from jaxscratch.ops import init as initializers
+
+    kw, kb = jax.random.split(jax.random.key(2))
+    for init, scale in (("normal", 1.0), ("glorot", initializers.glorot_scale(5, 3))):
+        params = init_params(dense(3, init=init), jax.random.key(2), (5,))[1]
+        np.testing.assert_array_equal(params["W"], scale * jax.random.normal(kw, (5, 3)))
+        np.testing.assert_array_equal(params["B"], scale * jax.random.normal(kb, (1, 3)))

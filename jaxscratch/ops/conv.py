@@ -167,8 +167,7 @@ def _conv_init(
         )
     C, H, Wd = in_shape
     geo = conv_geometry(H, Wd, kh, kw, stride, padding)
-    draw = initializers.normal if init == "normal" else initializers.glorot_normal
-    params = {"W": draw(key, (out_channels, C, kh, kw), dtype)}
+    params = {"W": initializers.initialize(init, key, (out_channels, C, kh, kw), dtype)}
     if bias:
         params["B"] = jnp.zeros((1, out_channels, 1, 1), params["W"].dtype)
     return (out_channels, geo.Ho, geo.Wo), params
@@ -192,7 +191,8 @@ def conv2d(
     ``Conv2D`` has no bias). ``kernel``: ``k`` (square) or ``(kh, kw)``. ``stride``: int >= 1.
     ``padding``: ``"same"`` (even kernels: the extra zero goes bottom/right), ``"valid"`` or an
     int. ``init`` (weights; the bias starts at zero): ``"normal"`` (standard normal) or
-    ``"glorot"`` (std ``sqrt(2 / (C_in kh kw + C_out kh kw))``, see :func:`jaxscratch.ops.init.fans`).
+    ``"glorot"`` (std ``sqrt(2 / (C_in kh kw + C_out kh kw))``, see :func:`jaxscratch.ops.init.fans`),
+    ``"he"`` / ``"he_uniform"`` (variance ``2 / (C_in kh kw)``).
     ``method``: ``"im2col"``, ``"taps"`` or ``"xla"`` (same results; speed differs).
     Cache: :class:`ConvCache`.
     """

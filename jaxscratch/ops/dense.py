@@ -88,7 +88,8 @@ def dense(
 
     x: (batch, n_in) -> y: (batch, neurons); params ``{"W": (n_in, neurons), "B": (1, neurons)}``,
     n_in inferred at init. ``init``: ``"normal"`` (standard normal, the book's chapter 3) or
-    ``"glorot"`` (both W and B drawn with std sqrt(2/(n_in+neurons)), as the book does).
+    ``"glorot"`` (both W and B drawn with std sqrt(2/(n_in+neurons)), as the book does), ``"he"``
+    / ``"he_uniform"`` (W with variance 2/n_in, for ReLU layers; B zeros).
     Cache: ``(x, W, activation cache)``. Backward: the reversed composition
     ``activation -> bias_add -> weight_multiply``.
 
@@ -130,9 +131,12 @@ def dense(
             )
         n_in = in_shape[0]
         kw, kb = jax.random.split(key)
-        scale = 1.0 if init == "normal" else initializers.glorot_scale(n_in, neurons)
-        W = initializers.normal(kw, (n_in, neurons), dtype, scale=scale)
-        B = initializers.normal(kb, (1, neurons), dtype, scale=scale)
+        W = initializers.initialize(init, kw, (n_in, neurons), dtype)
+        if init in ("normal", "glorot"):  # the book draws B with W's scale
+            scale = 1.0 if init == "normal" else initializers.glorot_scale(n_in, neurons)
+            B = initializers.normal(kb, (1, neurons), dtype, scale=scale)
+        else:  # He: biases start at zero
+            B = jnp.zeros((1, neurons), W.dtype)
         return (neurons,), {"W": W, "B": B}
 
     return Op(f"dense[{neurons},{act.name}]", forward, backward, init_fn)

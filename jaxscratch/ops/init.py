@@ -9,9 +9,9 @@ book code omitted the square root). Fans: for a matrix ``(fan_in, fan_out)``; fo
 
 :data:`INITIALIZERS` maps every name to its function and :func:`initialize` draws by name; an op
 of its own accepts any of them with :func:`check_initializer`. :data:`INITS` (checked by
-:func:`check_init`) lists the names ``dense`` and ``conv2d`` understand today: they pick their
-scale by comparing ``init`` to ``"normal"``, so a name they do not know would silently get the
-Glorot scale; ``he`` joins ``INITS`` when they draw through :func:`initialize`.
+:func:`check_init`) describes the same names for configs; ``dense`` and ``conv2d`` draw their
+weights through :func:`initialize` (``dense``'s bias: the book's draw with W's scale for
+``normal``/``glorot``, zeros for ``he``/``he_uniform``).
 """
 
 from __future__ import annotations
@@ -77,7 +77,12 @@ def he_uniform(key: jax.Array, shape: tuple[int, ...], dtype: DTypeLike | None =
     return jax.random.uniform(key, shape, dtype, minval=-bound, maxval=bound)
 
 
-INITS: dict[str, str] = {"normal": "standard normal", "glorot": "Glorot normal"}
+INITS: dict[str, str] = {
+    "normal": "standard normal",
+    "glorot": "Glorot normal",
+    "he": "He normal",
+    "he_uniform": "He uniform",
+}
 
 INITIALIZERS: dict[str, Initializer] = {
     "normal": normal,

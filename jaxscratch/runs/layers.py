@@ -141,7 +141,9 @@ def _build_recurrent(spec: dict[str, Any], dtype: Any) -> Op:
 
 _TYPE = Field(str_check)
 _ACT = Field(choice_check(activations), "linear", "an activation name")
-_INIT = Field(choice_check(lambda: list(INITS)), "normal", "'normal' or 'glorot'")
+_INIT = Field(
+    choice_check(lambda: list(INITS)), "normal", "'normal', 'glorot', 'he' or 'he_uniform'"
+)
 _KEEP_PROB = float_check(0.0, 1.0, low_open=True)
 _DROPOUT = Field(_KEEP_PROB, 1.0, "keep probability in (0, 1]; 1 = no dropout")
 
