@@ -15,12 +15,16 @@ from typing import Any
 from jaxscratch.core import Op, registered, serial
 from jaxscratch.ops import registry
 from jaxscratch.ops.activations import ACTIVATIONS, get_activation
+from jaxscratch.ops.attention import multi_head_attention, transformer_block
 from jaxscratch.ops.batchnorm import batch_norm
+from jaxscratch.ops.combinators import parallel, per_position, residual
 from jaxscratch.ops.conv import conv_layer
 from jaxscratch.ops.dense import dense
 from jaxscratch.ops.dropout import dropout
+from jaxscratch.ops.embedding import embedding
 from jaxscratch.ops.init import INITS
-from jaxscratch.ops.pool import flatten, make_max_pool2d
+from jaxscratch.ops.norm import layer_norm
+from jaxscratch.ops.pool import flatten, make_avg_pool2d, make_max_pool2d
 from jaxscratch.ops.reshape import unflatten
 from jaxscratch.ops.rnn import recurrent_layer
 from jaxscratch.runs.schema import (
@@ -179,6 +183,104 @@ _RECURRENT = {
     "inverted_dropout": Field(bool_check, False),
 }
 
+_POOL = {
+    "type": _TYPE,
+    "size": Field(int_check(1), 2),
+    "stride": Field(int_check(1), None, "default: size (windows side by side)"),
+}
+
+
+def _sublayers(key: str, value: Any) -> list[dict[str, Any]]:
+    return check_layers(key, value)
+
+
+def _branches(key: str, value: Any) -> list[list[dict[str, Any]]]:
+    if not isinstance(value, list) or len(value) < 2:
+        raise ConfigError(f"{key}: expected an array of at least two layer arrays, got {value!r}")
+    return [check_layers(f"{key}[{i}]", b) for i, b in enumerate(value)]
+
+
+def _stack(specs: list[dict[str, Any]], dtype: Any) -> Op:
+    ops = [build_layer(s, dtype) for s in specs]
+    return ops[0] if len(ops) == 1 else serial(*ops)
+
+
+def _build_parallel(spec: dict[str, Any], dtype: Any) -> Op:
+    branches = [_stack(b, dtype) for b in spec["branches"]]
+    return parallel(*branches, combine=spec["combine"], axis=spec["axis"])
+
+
+_BLOCKS: dict[str, LayerType] = {
+    "residual": LayerType(
+        {"type": _TYPE, "layers": Field(_sublayers, REQUIRED, "[[layers.layers]] tables")},
+        lambda spec, dtype: residual(_stack(spec["layers"], dtype)),
+        "x + f(x), f the inner layers (their output shape must equal their input's)",
+    ),
+    "parallel": LayerType(
+        {
+            "type": _TYPE,
+            "branches": Field(_branches, REQUIRED, "an array of layer arrays"),
+            "combine": Field(choice_check(["sum", "concat"]), "sum"),
+            "axis": Field(int_check(), -1, "the concatenation axis"),
+        },
+        _build_parallel,
+        "one input to every branch; outputs summed or concatenated (dx: the branches' sum)",
+    ),
+    "per_position": LayerType(
+        {"type": _TYPE, "layers": Field(_sublayers, REQUIRED, "row layers, e.g. dense")},
+        lambda spec, dtype: per_position(_stack(spec["layers"], dtype)),
+        "row layers applied at every position of (batch, T, ...)",
+    ),
+    "layer_norm": LayerType(
+        {"type": _TYPE, "eps": Field(float_check(0.0, low_open=True), 1e-5)},
+        lambda spec, dtype: layer_norm(spec["eps"], dtype=dtype),
+        "normalise each row's last axis, then gamma * x + beta",
+    ),
+    "embedding": LayerType(
+        {
+            "type": _TYPE,
+            "vocab": Field(int_check(1), REQUIRED, "number of ids"),
+            "dim": Field(int_check(1), REQUIRED, "vector size"),
+            "init": _INIT,
+        },
+        lambda spec, dtype: embedding(spec["vocab"], spec["dim"], init=spec["init"], dtype=dtype),
+        "integer ids (batch, T) -> vectors (batch, T, dim)",
+    ),
+    "attention": LayerType(
+        {
+            "type": _TYPE,
+            "heads": Field(int_check(1), REQUIRED),
+            "dim": Field(int_check(1), REQUIRED, "a multiple of heads"),
+            "causal": Field(bool_check, False),
+            "init": Field(choice_check(lambda: list(INITS)), "glorot"),
+        },
+        lambda spec, dtype: multi_head_attention(
+            spec["heads"], spec["dim"], spec["causal"], init=spec["init"], dtype=dtype
+        ),
+        "multi-head scaled dot-product self-attention over (batch, T, d)",
+    ),
+    "transformer_block": LayerType(
+        {
+            "type": _TYPE,
+            "heads": Field(int_check(1), REQUIRED),
+            "dim": Field(int_check(1), REQUIRED, "the model width (the input's last axis)"),
+            "hidden": Field(int_check(1), REQUIRED, "the MLP's width"),
+            "causal": Field(bool_check, False),
+            "activation": Field(choice_check(["relu", "tanh", "sigmoid"]), "relu"),
+            "eps": Field(float_check(0.0, low_open=True), 1e-5),
+        },
+        lambda spec, dtype: transformer_block(
+            spec["heads"],
+            spec["dim"],
+            spec["hidden"],
+            spec["causal"],
+            activation=spec["activation"],
+            eps=spec["eps"],
+        ),  # fmt: skip
+        "pre-norm block: x + attention(norm(x)), then x + mlp(norm(x))",
+    ),
+}
+
 LAYERS: dict[str, LayerType] = {
     "dense": LayerType(
         _DENSE,
@@ -196,9 +298,14 @@ LAYERS: dict[str, LayerType] = {
         "the book's RNN/LSTM/GRU layer: (batch, T, n_in) -> (batch, T, out), learned start state",
     ),
     "max_pool2d": LayerType(
-        {"type": _TYPE, "size": Field(int_check(1), 2)},
-        lambda spec, dtype: make_max_pool2d(spec["size"]),
-        "max pooling over size x size windows",
+        _POOL,
+        lambda spec, dtype: make_max_pool2d(spec["size"], spec.get("stride")),
+        "max pooling over size x size windows, every stride pixels (default: size)",
+    ),
+    "avg_pool2d": LayerType(
+        _POOL,
+        lambda spec, dtype: make_avg_pool2d(spec["size"], spec.get("stride")),
+        "average pooling over size x size windows, every stride pixels (default: size)",
     ),
     "flatten": LayerType(
         {"type": _TYPE}, lambda spec, dtype: flatten, "(batch, ...) -> (batch, features)"
@@ -240,6 +347,7 @@ LAYERS: dict[str, LayerType] = {
         "an op you registered (jaxscratch.register), e.g. from a [plugins] module",
     ),
 }
+LAYERS.update(_BLOCKS)
 
 
 def check_layers(key: str, value: Any) -> list[dict[str, Any]]:

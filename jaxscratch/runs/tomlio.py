@@ -13,7 +13,8 @@ def toml_key(k: str) -> str:
 
 
 def toml_value(v: Any) -> str:
-    """A TOML scalar or array: booleans, integers, floats (``nan``/``inf`` too), strings, lists."""
+    """A TOML scalar or array: booleans, integers, floats (``nan``/``inf`` too), strings, lists,
+    and dicts as inline tables."""
     if isinstance(v, bool):
         return "true" if v else "false"
     if isinstance(v, int):
@@ -30,6 +31,8 @@ def toml_value(v: Any) -> str:
         return f'"{out}"'
     if isinstance(v, list | tuple):
         return "[" + ", ".join(toml_value(x) for x in v) + "]"
+    if isinstance(v, dict):  # an inline table (inside an array, e.g. parallel's branches)
+        return "{" + ", ".join(f"{toml_key(k)} = {toml_value(x)}" for k, x in v.items()) + "}"
     raise TypeError(f"dumps_toml: cannot write {type(v).__name__} {v!r}")
 
 
