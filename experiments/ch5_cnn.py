@@ -8,6 +8,8 @@ strong: (our design) Conv(16, 5x5, relu, bias) -> max-pool 2x2 -> Conv(32, 3x3, 
         single epoch.
 bn:     (our design) the strong CNN with batch norm after each conv (conv biases dropped: beta
         takes their place); running statistics for the test evaluations (lr 0.02; 0.2 fails).
+residual: (our design) conv 16x5x5 + BN + relu + pool, then a residual block (two 3x3 convs with
+        BN, He init) + relu + pool -> Dense(10) (lr --lr-bn).
 
 Every step runs the hand-derived backward passes of :mod:`jaxscratch.ops.conv` (``jax.grad`` is not
 used). Training runs through :func:`jaxscratch.train.fit` with ``steps_per_epoch=100``: each of
@@ -22,7 +24,7 @@ Usage:
     python experiments/ch5_cnn.py --dataset mnist --data-dir /work/shared/data/mnist
     python experiments/ch5_cnn.py --dataset fashion-mnist --batches 200      # quick run
     python experiments/ch5_cnn.py --bench-only                               # speed table only
-Options: --models book,strong[,bn]; --method im2col|taps|xla (conv formulation); --step-mode
+Options: --models book,strong[,bn,residual]; --method im2col|taps|xla (conv formulation); --step-mode
 scan|step; --lr-book, --lr-strong, --lr-bn; --seed; --bench (also time the formulations and modes,
 median of --bench-repeats runs); --out DIR (default results/ch5_cnn_<dataset>); --figures DIR
 (copy the small PNGs there for the README).
@@ -49,6 +51,7 @@ from jaxscratch.fileio import write_json_atomic as _write_json_atomic
 from jaxscratch.ops import conv
 from jaxscratch.ops.activations import get_activation
 from jaxscratch.ops.batchnorm import batch_norm
+from jaxscratch.ops.combinators import residual
 from jaxscratch.ops.conv import conv_layer, flatten, max_pool2d
 from jaxscratch.ops.dense import dense
 from jaxscratch.ops.losses import softmax_cross_entropy
@@ -119,6 +122,30 @@ def bn_cnn(method: str = conv.DEFAULT_METHOD) -> Op:
     )
 
 
+def residual_cnn(method: str = conv.DEFAULT_METHOD) -> Op:
+    """Conv + batch norm, then a residual block of two 3x3 convs with batch norm, pooled twice."""
+    relu = get_activation("relu")
+    block = serial(
+        conv_layer(16, 3, "linear", init="he", method=method),
+        batch_norm(),
+        relu,
+        conv_layer(16, 3, "linear", init="he", method=method),
+        batch_norm(),
+    )
+    return serial(
+        conv_layer(16, 5, "linear", init="he", method=method),
+        batch_norm(),
+        relu,
+        max_pool2d,
+        residual(block),
+        relu,
+        max_pool2d,
+        flatten,
+        dense(10, "linear", init="glorot"),
+        name=f"residual_cnn[{method}]",
+    )
+
+
 MODELS = {
     "book": (book_cnn, "Conv(16, 5x5, tanh, dropout 0.8, flatten) -> Dense(10)"),
     "strong": (
@@ -129,6 +156,11 @@ MODELS = {
         bn_cnn,
         "Conv(16, 5x5) -> batch norm -> relu -> pool -> Conv(32, 3x3) -> batch norm -> relu "
         "-> pool -> Dense(10)",
+    ),
+    "residual": (
+        residual_cnn,
+        "Conv(16, 5x5) -> BN -> relu -> pool -> x + [Conv(16, 3x3) -> BN -> relu -> Conv(16, 3x3) "
+        "-> BN](x) -> relu -> pool -> Dense(10)",
     ),
 }
 
@@ -452,7 +484,7 @@ def main(argv: list[str] | None = None) -> int:
     key = jax.random.key(args.seed)
     for i, name in enumerate(models):
         build, _ = MODELS[name]
-        lr = {"book": args.lr_book, "strong": args.lr_strong}.get(name, args.lr_bn)
+        lr = {"book": args.lr_book, "strong": args.lr_strong}.get(name, args.lr_bn)  # bn, residual
         runs[name] = train(
             name,
             build(args.method),
