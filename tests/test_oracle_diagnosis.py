@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from jaxscratch.core import Loss, Op, serial
+from jaxscratch.core import Loss, Op, register, serial
 from jaxscratch.ops import registry
 from jaxscratch.ops.cells import LSTM, _lstm_recur_backward
 from jaxscratch.ops.combinators import parallel
@@ -20,6 +20,7 @@ from jaxscratch.ops.rnn import sequence
 from jaxscratch.oracle import (
     KINDS,
     assert_backward,
+    assert_registry,
     check_custom_vjp,
     check_loss,
     check_op,
@@ -275,3 +276,16 @@ def test_assert_backward_fails_with_the_diagnosis_and_report_json():
     row = out["reports"][1]
     assert row["diagnosis"] == "transpose" and row["vjp_max_abs"] is None
     assert row["location"]["leaf"] == "dparams['W']" and "transpose" in text
+
+
+def test_assert_registry_over_a_users_registered_ops(clean_registry):
+    def example(key):
+        return {"W": _normal(1, (4, 3))}, _normal(2, (6, 4))
+
+    register(_matmul(lambda c, dy: ({"W": c[0].T @ dy}, _good_dx(c, dy)), "user_ok"), example)
+    register(_matmul(lambda c, dy: ({"W": -c[0].T @ dy}, _good_dx(c, dy)), "user_bad"), example)
+    assert [r.name for r in assert_registry(["user_ok"])] == ["user_ok"]
+    with pytest.raises(AssertionError, match="user_bad: looks like a sign flip"):
+        assert_registry(["user_ok", "user_bad"])
+    with pytest.raises(AssertionError, match="no registered op"):
+        assert_registry(["no_such_op"])

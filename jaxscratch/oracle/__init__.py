@@ -13,7 +13,13 @@ from jaxscratch.oracle.check import (
     format_summary,
     iter_registry,
 )
-from jaxscratch.oracle.custom import assert_backward, check_custom_vjp, report_dict, report_json
+from jaxscratch.oracle.custom import (
+    assert_backward,
+    assert_registry,
+    check_custom_vjp,
+    report_dict,
+    report_json,
+)
 from jaxscratch.oracle.diagnose import KINDS, Diagnosis
 from jaxscratch.oracle.localise import Location
 from jaxscratch.oracle.properties import F32_BOUND, PROPERTY_NAMES, Check
@@ -28,6 +34,7 @@ __all__ = [
     "Location",
     "Report",
     "assert_backward",
+    "assert_registry",
     "check_custom_vjp",
     "check_loss",
     "check_op",

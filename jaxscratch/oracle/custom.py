@@ -5,7 +5,8 @@ and a JSON form of the reports (for a ``--json`` CLI flag and CI).
   autodiff of its undecorated primal ``f.fun`` (differentiating ``f`` itself would use the rule
   under test), with the same vjp, finite-difference and diagnosis machinery as ``check_op``.
 * :func:`assert_backward` is ``check_op`` for tests: it raises ``AssertionError`` whose message is
-  the diagnosis and where (and returns the report when it passes).
+  the diagnosis and where (and returns the report when it passes); :func:`assert_registry` does
+  the same over registered ops (a user's plugin registry, one name per parametrised case).
 * :func:`report_json` turns reports into one JSON-ready dict.
 """
 
@@ -19,7 +20,7 @@ import jax
 import numpy as np
 
 from jaxscratch.core import Op
-from jaxscratch.oracle.check import Report, check_op, format_report
+from jaxscratch.oracle.check import Report, check_op, check_registry, format_report
 from jaxscratch.oracle.compare import close, to64
 
 
@@ -84,6 +85,21 @@ def assert_backward(op: Any, params: Any, x: Any, **kw: Any) -> Report:
         lines.append(format_report(report))
         raise AssertionError("\n".join(lines))
     return report
+
+
+def assert_registry(names: Sequence[str] | None = None, seed: int = 0, **kw: Any) -> list[Report]:
+    """:func:`check_registry` for a test over a user's registry (``names``: the ops and losses to
+    check, e.g. one per ``pytest.mark.parametrize`` case): the reports if every one passes, else
+    ``AssertionError`` listing each failure's diagnosis and where. ``kw``: ``properties=True``."""
+    reports = check_registry(names, seed, **kw)
+    if names and not reports:
+        raise AssertionError(f"assert_registry: no registered op or loss named {list(names)}")
+    failed = [r for r in reports if not r.passed]
+    if failed:
+        lines = [f"{len(failed)}/{len(reports)} backward passes are wrong:"]
+        lines += [f"  {r.name}: {r.explanation()}" for r in failed]
+        raise AssertionError("\n".join(lines))
+    return reports
 
 
 def _num(v: float) -> float | None:

@@ -247,6 +247,8 @@ def per_sample_gradients(
                 rows = [jax.tree.leaves(vjp_fn(mask_sample(dy, i, n))) for i in range(n)]
                 memo["v"] = [
                     np.stack([np.asarray(r[k], np.float64) for r in rows])
+                    if is_float(rows[0][k])
+                    else np.zeros((n, 0))  # an integer input's float0 cotangent
                     for k in range(len(rows[0]))
                 ]
         return memo["v"]
