@@ -12,9 +12,13 @@ we use ~100 KB of English prose that ships with Python (``jaxscratch.book.charlm
 ``--text FILE``; the table therefore sets our losses beside two baselines of the same text: the
 uniform guess ln(vocabulary) and the unigram entropy (the best loss without context).
 
+Beside the book's models, ``transformer`` (not in the book): a small causal transformer built from
+jaxscratch's hand-derived ops (:func:`jaxscratch.book.charlm.transformer_model`: two pre-norm
+blocks, 4 heads, width --hidden), trained on the same windows with the same budget.
+
 Usage: python experiments/ch6_rnn.py [--text FILE] [--iters N] [--seq-len T] [--hidden H]
        [--batch B] [--optimizer adagrad|sgd] [--lr LR] [--clip elementwise|global-norm|none]
-       [--models rnn,lstm,gru,lstm-lstm] [--out DIR] [--figures DIR]
+       [--models rnn,lstm,gru,lstm-lstm,transformer] [--out DIR] [--figures DIR]
 Writes DIR/results.json (final smoothed loss per model, samples, settings) and
 DIR/ch6_loss_curves.png; --figures copies the PNG there too.
 """
@@ -90,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--clip", choices=("elementwise", "global-norm", "none"), default="elementwise")
     ap.add_argument("--clip-value", type=float, default=2.0, help="element-wise limit (book: 2)")
     ap.add_argument("--max-norm", type=float, default=5.0, help="global-norm limit")
-    ap.add_argument("--models", default="rnn,lstm,gru,lstm-lstm")
+    ap.add_argument("--models", default="rnn,lstm,gru,lstm-lstm,transformer")
     ap.add_argument("--sample-every", type=int, default=100)
     ap.add_argument("--sample-length", type=int, default=200)
     ap.add_argument("--temperature", type=float, default=0.7)

@@ -203,3 +203,19 @@ def test_training_through_fit_equals_a_manual_loop_over_sample_windows():
     assert x.shape == y.shape == (len(ids) - 5, 5)
     np.testing.assert_array_equal(x[7], ids[7:12])
     np.testing.assert_array_equal(y[7], ids[8:13])
+
+
+def test_the_transformer_model_passes_the_oracle():
+    """char_model("transformer"): the composed hand backward of the whole model (embedding,
+    positions, two causal blocks, norm, logits) equals jax.vjp and finite differences."""
+    import jax
+    import jax.numpy as jnp
+
+    from jaxscratch.book import charlm
+    from jaxscratch.oracle.check import check_op
+
+    net = charlm.char_model("transformer", 6, 8)
+    params = net.init(jax.random.key(0), (5, 6))[1]
+    x = jax.nn.one_hot(jax.random.randint(jax.random.key(1), (2, 5), 0, 6), 6, dtype=jnp.float64)
+    report = check_op(net, params, x)
+    assert report.passed, report

@@ -36,6 +36,11 @@ import numpy as np
 
 from jaxscratch.core import Array, Op, Params, apply, serial
 from jaxscratch.ops import rnn
+from jaxscratch.ops.attention import transformer_block
+from jaxscratch.ops.combinators import per_position
+from jaxscratch.ops.dense import dense
+from jaxscratch.ops.embedding import learned_positions
+from jaxscratch.ops.norm import layer_norm
 from jaxscratch.optim.optimizers import Optimizer
 from jaxscratch.train import TrainingDiverged, TrainState, fit
 from jaxscratch.validate import check_lr, check_positive_int
@@ -200,25 +205,46 @@ def char_model(
     weight_scale: float | None = None,
     dtype=None,
 ) -> Op:
-    """A character model: ``kind`` names the cells bottom-up, joined by ``-``.
+    """A character model: ``kind`` names the cells bottom-up, joined by ``-``, or is
+    ``"transformer"``.
 
     ``"lstm"``: one layer ``lstm_layer(hidden, vocab_size)``; ``"gru-lstm"``:
     ``gru_layer(hidden, hidden)`` then ``lstm_layer(hidden, vocab_size)`` (the book's stacks end
-    with the layer whose projection gives the vocabulary logits). x: (batch, T, vocab) one-hot ->
-    logits (batch, T, vocab).
+    with the layer whose projection gives the vocabulary logits). ``"transformer"``: a small
+    causal transformer (not in the book): a linear token embedding, learned positions, two pre-norm
+    blocks (4 heads, width ``hidden``, MLP ``2 * hidden``), a layer norm and a linear map to the
+    logits (:func:`transformer_model`). x: (batch, T, vocab) one-hot -> logits (batch, T, vocab).
     """
+    check_positive_int("char_model", "vocab_size", vocab_size)
+    check_positive_int("char_model", "hidden", hidden)
+    if kind == "transformer":
+        return transformer_model(vocab_size, hidden, dtype=dtype)
     parts = kind.split("-") if isinstance(kind, str) else []
     if not parts or any(p not in rnn.CELLS for p in parts):
         raise ValueError(
-            f"char_model: kind must be cells from {sorted(rnn.CELLS)} joined by '-', got {kind!r}"
+            f"char_model: kind must be cells from {sorted(rnn.CELLS)} joined by '-', or "
+            f"'transformer', got {kind!r}"
         )
-    check_positive_int("char_model", "vocab_size", vocab_size)
-    check_positive_int("char_model", "hidden", hidden)
     layers = []
     for n, p in enumerate(parts):
         out = vocab_size if n == len(parts) - 1 else hidden
         layers.append(rnn.recurrent_layer(p, hidden, out, weight_scale=weight_scale, dtype=dtype))
     return layers[0] if len(layers) == 1 else serial(*layers, name=f"char_model[{kind},{hidden}]")
+
+
+def transformer_model(
+    vocab_size: int, width: int, *, blocks: int = 2, heads: int = 4, dtype=None
+) -> Op:
+    """A causal character transformer from jaxscratch's hand-derived ops: one-hot (batch, T,
+    vocab) -> per-position dense(width) -> + learned positions -> ``blocks`` pre-norm causal
+    transformer blocks (``heads`` heads, MLP width 2 * width) -> layer norm -> per-position
+    dense(vocab) logits (batch, T, vocab)."""
+    layers = [per_position(dense(width, "linear", init="glorot", dtype=dtype)),
+              learned_positions(dtype=dtype)]  # fmt: skip
+    layers += [transformer_block(heads, width, 2 * width, causal=True) for _ in range(blocks)]
+    layers += [layer_norm(dtype=dtype),
+               per_position(dense(vocab_size, "linear", init="glorot", dtype=dtype))]  # fmt: skip
+    return serial(*layers, name=f"char_model[transformer,{width}]")
 
 
 def count_params(params: Params) -> int:

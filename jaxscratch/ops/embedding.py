@@ -90,4 +90,42 @@ def _example(key: Array) -> tuple[dict[str, Array], Array]:
 
 register(embedding(7, 4), _example, name="embedding")
 
-__all__ = ["embedding"]
+
+def learned_positions(*, scale: float = 0.02, dtype: DTypeLike | None = None) -> Op:
+    """A learned vector per position, added: x (batch, T, d) -> y = x + P[None], params
+    ``{"P": (T, d)}`` (drawn normal with std ``scale``; T and d from the input at init), so an
+    attention layer, which sees a set, learns where each token is. Backward: ``dP = sum over the
+    batch of dy``, ``dx = dy``. cache: None."""
+    name = "learned_positions"
+
+    def forward(params: dict[str, Array], x: Array) -> tuple[Array, None]:
+        P = params["P"]
+        if x.ndim != 3 or tuple(x.shape[1:]) != tuple(P.shape):
+            raise ValueError(
+                f"{name}: x{tuple(x.shape)} does not fit P{tuple(P.shape)}; expected "
+                f"(batch, {P.shape[0]}, {P.shape[1]})"
+            )
+        return x + P[None], None
+
+    def backward(cache: None, dy: Array) -> tuple[dict[str, Array], Array]:
+        return {"P": jnp.sum(dy, axis=0)}, dy
+
+    def init_fn(key: Array, in_shape: Shape) -> tuple[Shape, dict[str, Array]]:
+        if len(in_shape) != 2:
+            raise ValueError(f"{name}: expects rows of shape (T, d), got {in_shape}")
+        return tuple(in_shape), {"P": initializers.normal(key, tuple(in_shape), dtype, scale=scale)}
+
+    return Op(name, forward, backward, init_fn)
+
+
+def _positions_example(key: Array) -> tuple[dict[str, Array], Array]:
+    rng = initializers.host_rng(key)
+    return (
+        {"P": jnp.asarray(rng.standard_normal((5, 3)))},
+        jnp.asarray(rng.standard_normal((4, 5, 3))),
+    )
+
+
+register(learned_positions(), _positions_example, name="learned_positions")
+
+__all__ = ["embedding", "learned_positions"]
