@@ -178,7 +178,11 @@ def wrong_layers(
 def _recurrent_inputs(op: Any, cell: Cell, params: Any, x: Any, dy: Any) -> tuple | None:
     """(cell params, x (batch, T, n_in), initial states, dhs) of a sequence op or layer."""
     if isinstance(x, tuple | list) and len(x) == 1 + cell.n_state:
+        if jnp.ndim(x[0]) != 3:
+            return None  # one step (a cell op), not a sequence
         return params, x[0], tuple(x[1:]), dy
+    if jnp.ndim(x) != 3:
+        return None
     if isinstance(params, dict) and "W_v" in params and "start_H" in params:
         starts = ("start_H", "start_C")[: cell.n_state]
         cell_params = {k: v for k, v in params.items() if k not in {"W_v", "B_v", *starts}}
@@ -208,12 +212,18 @@ def _replay(cell: Cell, W_h: Any, xp: list, state0: tuple, dhs: Any) -> tuple[li
     return prevs, caches, dstates
 
 
+def _cell_kind(cell: Cell) -> str:
+    """``lstm``, ``gru`` or ``rnn`` for a cell named after one (``rnn_truncated``), else its name."""
+    return next((k for k in GATES if cell.name.startswith(k)), cell.name)
+
+
 def _part_names(cell: Cell, n: int, width: int) -> list[str]:
     """The names of :func:`_step_pairs`' pairs: per-gate dxp, the state gradients, dW_h leaves."""
-    gates = GATES.get(cell.name) or tuple(f"block {g}" for g in range(width // n))
+    kind = _cell_kind(cell)
+    gates = GATES.get(kind) or tuple(f"block {g}" for g in range(width // n))
     gated = ("forget", "input", "output", "reset", "update")
     names = [f"dxp of the {g} gate" if g in gated else f"dxp of the {g}" for g in gates]
-    names += STATE_PARTS.get(cell.name) or [f"dstate_prev[{s}]" for s in range(cell.n_state)]
+    names += STATE_PARTS.get(kind) or [f"dstate_prev[{s}]" for s in range(cell.n_state)]
     return names
 
 
