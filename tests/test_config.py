@@ -397,6 +397,7 @@ lr = 0.001
     # the other block types validate and build
     others = [
         {"type": "avg_pool2d", "size": 3, "stride": 2},
+        {"type": "conv_transpose2d", "filters": 2, "kernel": 3, "stride": 2, "activation": "relu"},
         {"type": "max_pool2d", "size": 3, "stride": 2},
         {"type": "attention", "heads": 2, "dim": 4, "causal": True},
         {"type": "transformer_block", "heads": 2, "dim": 4, "hidden": 8},

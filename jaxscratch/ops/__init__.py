@@ -14,6 +14,7 @@ from jaxscratch.ops import (  # noqa: F401
     cells,
     combinators,
     conv,
+    conv_transpose,
     dense,
     dropout,
     embedding,

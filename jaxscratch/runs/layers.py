@@ -19,6 +19,7 @@ from jaxscratch.ops.attention import multi_head_attention, transformer_block
 from jaxscratch.ops.batchnorm import batch_norm
 from jaxscratch.ops.combinators import parallel, per_position, residual
 from jaxscratch.ops.conv import conv_layer
+from jaxscratch.ops.conv_transpose import conv_transpose2d
 from jaxscratch.ops.dense import dense
 from jaxscratch.ops.dropout import dropout
 from jaxscratch.ops.embedding import embedding
@@ -210,7 +211,32 @@ def _build_parallel(spec: dict[str, Any], dtype: Any) -> Op:
     return parallel(*branches, combine=spec["combine"], axis=spec["axis"])
 
 
+def _build_conv_transpose(spec: dict[str, Any], dtype: Any) -> Op:
+    kernel = spec["kernel"]
+    op = conv_transpose2d(
+        spec["filters"], tuple(kernel) if isinstance(kernel, list) else kernel,
+        stride=spec["stride"], padding=spec["padding"], bias=spec["bias"], init=spec["init"],
+        dtype=dtype,
+    )  # fmt: skip
+    act = activation(spec["activation"])
+    return op if act == "linear" else serial(op, get_activation(act))
+
+
 _BLOCKS: dict[str, LayerType] = {
+    "conv_transpose2d": LayerType(
+        {
+            "type": _TYPE,
+            "filters": Field(int_check(1), REQUIRED, "output channels"),
+            "kernel": Field(_kernel_check, REQUIRED, "an integer k or [kh, kw]"),
+            "stride": Field(int_check(1), 1),
+            "padding": Field(int_check(0), 0, "pixels cropped from each side"),
+            "bias": Field(bool_check, False),
+            "init": Field(choice_check(lambda: list(INITS)), "glorot"),
+            "activation": _ACT,
+        },
+        _build_conv_transpose,
+        "transposed convolution (upsampling): (H - 1) stride + k - 2 padding, then activation",
+    ),
     "residual": LayerType(
         {"type": _TYPE, "layers": Field(_sublayers, REQUIRED, "[[layers.layers]] tables")},
         lambda spec, dtype: residual(_stack(spec["layers"], dtype)),
