@@ -430,3 +430,15 @@ def test_the_example_plugin_passes_the_oracle_and_its_config_trains(tmp_path, ca
     summary = train(cfg, tmp_path / "run", out=open(os.devnull, "w"))
     assert summary["status"] == "completed"
     assert [r["module"] for r in summary["plugins"]] == ["my_ops"]
+
+
+def test_gradcheck_json_is_one_object_a_ci_can_read(tmp_path, capsys, monkeypatch):
+    """--json prints one JSON object: passed, the counts and a report per op, the diagnosis of a
+    failing one included; the exit status still says pass/fail."""
+    path = _plugin(tmp_path, "plug_j", bug=" * 2.0")
+    assert main(["gradcheck", "--import", str(path), "--json"]) == 1
+    out = json.loads(capsys.readouterr().out)
+    assert out["passed"] is False and out["n"] == 3 and out["n_failed"] == 1
+    bad = [r for r in out["reports"] if not r["passed"]]
+    assert [r["name"] for r in bad] == ["plug_j.softplus"]
+    assert bad[0]["diagnosis"] == "scale"

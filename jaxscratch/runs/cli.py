@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable
 
@@ -64,14 +65,20 @@ def _gradcheck(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     reports: list[Report] = []
     for report in iter_registry(names, seed=args.seed):
-        if not reports:
+        if not reports and not args.json:
             print(HEADER, flush=True)
         reports.append(report)
-        print(format_report(report), flush=True)
+        if not args.json:
+            print(format_report(report), flush=True)
     if not reports:
         _error("gradcheck", f"no registered op or loss named {' '.join(args.ops)}")
         return EXIT_USAGE
-    print(format_summary(reports))
+    if args.json:
+        from jaxscratch.oracle.custom import report_json
+
+        print(json.dumps(report_json(reports), indent=1))
+    else:
+        print(format_summary(reports))
     return EXIT_OK if all(r.passed for r in reports) else EXIT_FAILED
 
 
@@ -218,6 +225,9 @@ def _add_gradcheck(sub: argparse._SubParsersAction) -> None:
     )
     g.add_argument("--seed", type=int, default=0, help="seed of the oracle examples")
     g.add_argument("--import", dest="imports", action="append", metavar="MODULE", help=_IMPORT_HELP)
+    g.add_argument(
+        "--json", action="store_true", help="print the reports as one JSON object (for CI)"
+    )
     g.set_defaults(func=_gradcheck)
 
 
@@ -345,6 +355,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("jaxscratch: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except BrokenPipeError:  # `jaxscratch gradcheck | head`: the reader left; not an error
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (Python flushes stdout at exit)
+        return EXIT_OK
     except Exception as e:
         code = _user_error_code(e)
         if code is None:
