@@ -40,6 +40,24 @@ def _taps(kh: int, kw: int, s: int, H: int, W: int):
     ]
 
 
+def _backward(
+    cache: tuple, dy: Array, kh: int, kw: int, s: int, p: int, bias: bool
+) -> tuple[dict[str, Array], Array]:
+    """The tap-by-tap backward (see the module docstring); cache ``(x, W)``."""
+    x, Wt = cache
+    g = jnp.pad(dy, ((0, 0), (0, 0), (p, p), (p, p)))
+    dx = jnp.zeros_like(x)
+    dW = []
+    for a, b, rows, cols in _taps(kh, kw, s, x.shape[2], x.shape[3]):
+        ga = g[:, :, rows, cols]
+        dx = dx + jnp.einsum("nohw,io->nihw", ga, Wt[:, :, a, b])
+        dW.append(jnp.einsum("nihw,nohw->io", x, ga))
+    grads = {"W": jnp.stack(dW, axis=-1).reshape(Wt.shape)}
+    if bias:
+        grads["B"] = jnp.sum(dy, axis=(0, 2, 3), keepdims=True).reshape(1, -1, 1, 1)
+    return grads, dx
+
+
 def conv_transpose2d(
     out_channels: int,
     kernel: int | tuple[int, int],
@@ -84,18 +102,7 @@ def conv_transpose2d(
         return y, (x, Wt)
 
     def backward(cache: tuple, dy: Array) -> tuple[dict[str, Array], Array]:
-        x, Wt = cache
-        g = jnp.pad(dy, ((0, 0), (0, 0), (p, p), (p, p)))
-        dx = jnp.zeros_like(x)
-        dW = []
-        for a, b, rows, cols in _taps(kh, kw, s, x.shape[2], x.shape[3]):
-            ga = g[:, :, rows, cols]
-            dx = dx + jnp.einsum("nohw,io->nihw", ga, Wt[:, :, a, b])
-            dW.append(jnp.einsum("nihw,nohw->io", x, ga))
-        grads = {"W": jnp.stack(dW, axis=-1).reshape(Wt.shape)}
-        if bias:
-            grads["B"] = jnp.sum(dy, axis=(0, 2, 3), keepdims=True).reshape(1, -1, 1, 1)
-        return grads, dx
+        return _backward(cache, dy, kh, kw, s, p, bias)
 
     def init_fn(key: Array, in_shape: Shape) -> tuple[Shape, dict[str, Array]]:
         if len(in_shape) != 3:
