@@ -30,6 +30,7 @@ from jaxscratch.optim.clipping import clip_elementwise, clip_global_norm
 from jaxscratch.optim.optimizers import Optimizer, adagrad, adam, rmsprop, sgd, sgd_momentum
 from jaxscratch.optim.schedules import exponential_decay, linear_decay
 from jaxscratch.oracle.check import check_loss, check_op
+from jaxscratch.oracle.custom import assert_backward, check_custom_vjp
 from jaxscratch.runs.loader import load_run
 from jaxscratch.runs.saved import load, save
 from jaxscratch.train.loop import fit, predict
@@ -49,7 +50,9 @@ __all__ = [
     "accuracy",
     "adagrad",
     "adam",
+    "assert_backward",
     "book_rule",
+    "check_custom_vjp",
     "check_loss",
     "check_op",
     "clip_elementwise",

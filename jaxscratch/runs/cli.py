@@ -64,7 +64,7 @@ def _gradcheck(args: argparse.Namespace) -> int:
         _error("gradcheck", f"--import {' '.join(args.imports)} registered no op or loss")
         return EXIT_USAGE
     reports: list[Report] = []
-    for report in iter_registry(names, seed=args.seed):
+    for report in iter_registry(names, seed=args.seed, properties=args.properties):
         if not reports and not args.json:
             print(HEADER, flush=True)
         reports.append(report)
@@ -227,6 +227,12 @@ def _add_gradcheck(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--import", dest="imports", action="append", metavar="MODULE", help=_IMPORT_HELP)
     g.add_argument(
         "--json", action="store_true", help="print the reports as one JSON object (for CI)"
+    )
+    g.add_argument(
+        "--properties",
+        action="store_true",
+        help="also check linearity in dy, per-sample independence, jit/vmap/scan agreement and "
+        "the float32 error bound (about 2.5x slower)",
     )
     g.set_defaults(func=_gradcheck)
 
