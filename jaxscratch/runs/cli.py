@@ -63,6 +63,10 @@ def _gradcheck(args: argparse.Namespace) -> int:
     if args.imports and not names:
         _error("gradcheck", f"--import {' '.join(args.imports)} registered no op or loss")
         return EXIT_USAGE
+    if args.mutants:
+        from jaxscratch.oracle.mutation import run_mutants_cli
+
+        return run_mutants_cli(names, args.seed)
     reports: list[Report] = []
     for report in iter_registry(names, seed=args.seed, properties=args.properties):
         if not reports and not args.json:
@@ -227,6 +231,13 @@ def _add_gradcheck(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--import", dest="imports", action="append", metavar="MODULE", help=_IMPORT_HELP)
     g.add_argument(
         "--json", action="store_true", help="print the reports as one JSON object (for CI)"
+    )
+    g.add_argument(
+        "--mutants",
+        action="store_true",
+        help="mutation-test the oracle: generate wrong versions of each backward (scaled, "
+        "sign-flipped, transposed, zeroed, reduced over another axis, cache swapped) and print "
+        "how many it catches; exit 1 if any survives",
     )
     g.add_argument(
         "--properties",
