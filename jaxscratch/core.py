@@ -63,7 +63,9 @@ class Op(NamedTuple):
     without parameters whose output shape equals the input shape. stochastic: ``forward`` takes the
     keyword-only ``key`` and ``train`` arguments. update: ``update(params, cache) -> params`` for
     an op with state that is not a parameter (see the module docstring); its ``forward`` takes the
-    keyword-only ``train``.
+    keyword-only ``train``. jvp: an optional hand-written forward-mode derivative
+    ``jvp(params, x, dparams, dx) -> dy`` (checked by the oracle against ``jax.jvp`` and, through
+    the adjoint identity, against ``backward``).
     """
 
     name: str
@@ -72,6 +74,7 @@ class Op(NamedTuple):
     init: Callable[[Array, Shape], tuple[Shape, Params]] | None = None
     stochastic: bool = False
     update: Callable[[Params, Any], Params] | None = None
+    jvp: Callable[[Params, Any, Params, Any], Any] | None = None
 
 
 class Entry(NamedTuple):

@@ -71,7 +71,12 @@ def _tanh_backward(cache: Array, dy: Array) -> tuple[tuple[()], Array]:
     return (), dy * (1.0 - y * y)
 
 
-tanh = register(Op("tanh", _tanh_forward, _tanh_backward), _example(scale=2.0))
+def _tanh_jvp(params: tuple, x: Array, dparams: tuple, dx: Array) -> Array:
+    """Forward mode: d tanh(x) = (1 - tanh(x)^2) dx."""
+    return (1.0 - jnp.tanh(x) ** 2) * dx
+
+
+tanh = register(Op("tanh", _tanh_forward, _tanh_backward, jvp=_tanh_jvp), _example(scale=2.0))
 
 
 def _relu_forward(params: tuple[()], x: Array) -> tuple[Array, Array]:

@@ -69,8 +69,19 @@ def _bias_example(key: Array):
     )
 
 
+def _weight_multiply_jvp(params: dict[str, Array], x: Array, dparams: dict, dx: Array) -> Array:
+    """Forward mode, by the product rule: d(x W) = dx W + x dW."""
+    return dx @ params["W"] + x @ dparams["W"]
+
+
 weight_multiply = register(
-    Op("weight_multiply", _weight_multiply_forward, _weight_multiply_backward), _matrix_example
+    Op(
+        "weight_multiply",
+        _weight_multiply_forward,
+        _weight_multiply_backward,
+        jvp=_weight_multiply_jvp,
+    ),
+    _matrix_example,
 )
 bias_add = register(Op("bias_add", _bias_add_forward, _bias_add_backward), _bias_example)
 

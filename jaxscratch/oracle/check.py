@@ -45,6 +45,7 @@ from jaxscratch.oracle.diagnose import Diagnosis
 from jaxscratch.oracle.explain import FD_ONLY, call, explain
 from jaxscratch.oracle.localise import Location
 from jaxscratch.oracle.properties import Check, run_properties
+from jaxscratch.oracle.second import check_jvp, second_order
 from jaxscratch.validate import check_int
 
 ORACLE_KEY_SEED = 0
@@ -175,6 +176,7 @@ def check_op(
     per_sample: bool | None = None,
     paths: Mapping[str, Callable[[Any, Any], Any]] | None = None,
     diagnose: bool = True,
+    order: int = 1,
 ) -> Report:
     """Check ``op.backward`` (any object with ``forward``/``backward``) at ``(params, x)``.
 
@@ -185,7 +187,10 @@ def check_op(
     for many random examples). A failure is diagnosed and located (``diagnose=False`` skips that,
     for callers that only need pass/fail); ``paths`` (``{name: f(params, x) -> part}``, parts
     summing to the output; or an op's ``paths`` attribute) lets the diagnosis name a missing term;
-    ``per_sample`` overrides the per-sample detection of the properties.
+    ``per_sample`` overrides the per-sample detection of the properties. ``order=2`` also
+    differentiates the hand backward itself against ``jax.vjp`` of ``jax.vjp`` (check
+    ``"second order"``); an op with a hand ``jvp`` gets the ``"jvp"`` check (both in
+    :mod:`jaxscratch.oracle.second`).
     """
     label = name or str(getattr(op, "name", type(op).__name__))
     stochastic = bool(getattr(op, "stochastic", False))
@@ -220,15 +225,32 @@ def check_op(
                 checks = run_properties(
                     op, params, x, drop_key, dy, manual, rtol=rtol, per_sample=per_sample
                 )
+            checks.update(_higher_order(op, params, x, fd_key, rtol, order))
         fd_ok = fd_rel <= fd_rtol
         passed = not detail and fd_ok and all(c.passed for c in checks.values())
         report = Report(
             label, passed, max_abs, max_rel, fd_rel, detail or ("" if fd_ok else fd_detail)
         )
         report.checks = checks
-        if not passed and diagnose:
+        if not passed and not report.detail:
+            report.detail = next(f"{c.name}: {c.detail}" for c in checks.values() if not c.passed)
+        if not passed and diagnose and (detail or not fd_ok):  # a first-order failure
             _diagnose(report, op, params, x, dy, drop_key, rtol, paths)
     return report
+
+
+def _higher_order(op: Any, params: Any, x: Any, key: jax.Array, rtol: float, order: int) -> dict:
+    """The ``"second order"`` check (``order=2``) and the ``"jvp"`` check of an op with one."""
+    out: dict[str, Check] = {}
+    if order not in (1, 2):
+        raise ValueError(f"check_op: order must be 1 or 2, got {order!r}")
+    if order == 2:
+        detail = second_order(op, params, x, key, rtol * 100)[2]
+        out["second order"] = Check("second order", not detail, detail)
+    if callable(getattr(op, "jvp", None)):
+        detail = check_jvp(op, params, x, key, rtol)[2]
+        out["jvp"] = Check("jvp", not detail, detail)
+    return out
 
 
 def _failed(label: str, detail: str, kind: str) -> Report:
@@ -304,7 +326,7 @@ def _registry_entries(names: Sequence[str] | None) -> Iterator[tuple[str, str, A
 
 
 def _check_entry(
-    kind: str, label: str, entry: Any, key: jax.Array, properties: bool = False
+    kind: str, label: str, entry: Any, key: jax.Array, properties: bool = False, order: int = 1
 ) -> Report:
     """The oracle on one registry entry's example, drawn from ``fold_in(key, crc32(label))``."""
     if entry.example is None:
@@ -312,12 +334,12 @@ def _check_entry(
     with jax.enable_x64(True):
         a, b = entry.example(jax.random.fold_in(key, zlib.crc32(label.encode())))
         if kind == "op":
-            return check_op(entry.op, a, b, name=label, properties=properties)
+            return check_op(entry.op, a, b, name=label, properties=properties, order=order)
         return check_loss(entry.loss, a, b)
 
 
 def iter_registry(
-    names: Sequence[str] | None = None, seed: int = 0, *, properties: bool = False
+    names: Sequence[str] | None = None, seed: int = 0, *, properties: bool = False, order: int = 1
 ) -> Iterator[Report]:
     """Check every registered op and loss (or those in ``names``), yielding each
     :class:`Report` as soon as it is done (ops in name order, then losses as ``loss:<name>``).
@@ -329,7 +351,7 @@ def iter_registry(
     """
     key = jax.random.key(check_int("iter_registry", "seed", seed))
     for kind, label, entry in _registry_entries(names):
-        yield _check_entry(kind, label, entry, key, properties)
+        yield _check_entry(kind, label, entry, key, properties, order)
 
 
 def check_registry(

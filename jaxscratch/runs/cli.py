@@ -68,7 +68,9 @@ def _gradcheck(args: argparse.Namespace) -> int:
 
         return run_mutants_cli(names, args.seed)
     reports: list[Report] = []
-    for report in iter_registry(names, seed=args.seed, properties=args.properties):
+    for report in iter_registry(
+        names, seed=args.seed, properties=args.properties, order=args.order
+    ):
         if not reports and not args.json:
             print(HEADER, flush=True)
         reports.append(report)
@@ -238,6 +240,13 @@ def _add_gradcheck(sub: argparse._SubParsersAction) -> None:
         help="mutation-test the oracle: generate wrong versions of each backward (scaled, "
         "sign-flipped, transposed, zeroed, reduced over another axis, cache swapped) and print "
         "how many it catches; exit 1 if any survives",
+    )
+    g.add_argument(
+        "--order",
+        type=int,
+        choices=(1, 2),
+        default=1,
+        help="2: also differentiate each hand backward against jax.vjp of jax.vjp (slower)",
     )
     g.add_argument(
         "--properties",
