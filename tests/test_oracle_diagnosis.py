@@ -194,7 +194,7 @@ def test_properties_pass_and_per_sample_is_detected_from_the_oracle():
     for op, per_sample in ((registry()["tanh"].op, True), (_centre(), False)):
         report = check_op(op, (), x, properties=True)
         assert report.passed, format_report(report)
-        assert set(report.checks) == {
+        assert set(report.checks) - {"jvp"} == {  # tanh also carries a hand JVP
             "linear-in-dy",
             "per-sample",
             "jit",
