@@ -107,6 +107,30 @@ def test_bias_gradient_summed_over_the_wrong_axis(batch):
     assert report.location.leaf == "dparams['B']"
 
 
+def test_one_sum_in_every_entry_of_the_bias_is_a_wrong_axis():
+    """The book's ch.2 hidden bias: dL/dB summed over the batch and the units, that one number
+    given to every unit."""
+    op = _bias_add(lambda c, dy: ({"B": jnp.full((1, 3), jnp.sum(dy))}, dy))
+    report = check_op(op, {"B": _normal(5, (1, 3))}, _normal(6, (4, 3)))
+    assert report.diagnosis == "wrong-axis", format_report(report)
+    assert "summed over axes (0, 1), that one number in all 3 entries" in report.diagnosis_detail
+
+
+def _relu_op(bwd):
+    return Op("broken_relu", lambda p, x: (jnp.maximum(x, 0.0), x), bwd)
+
+
+def test_a_forgotten_mask_is_named_and_a_wrong_value_under_the_mask_is_not():
+    x = _normal(7, (6, 5))
+    leaky = check_op(_relu_op(lambda x, dy: ((), dy)), (), x)
+    assert leaky.diagnosis == "missing-mask", format_report(leaky)
+    n_zero = int(jnp.sum(x <= 0))
+    assert f"non-zero at {n_zero} of the {n_zero} entries" in leaky.diagnosis_detail
+    # the mask is right but one kept entry is wrong: not a mask problem
+    wrong = check_op(_relu_op(lambda x, dy: ((), (dy * (x > 0)).at[0, :].mul(1.5))), (), x)
+    assert not wrong.passed and wrong.diagnosis != "missing-mask", format_report(wrong)
+
+
 def test_missing_term_of_an_op_that_says_its_paths():
     """y = x @ W + tanh(x) @ V: two paths; the backward forgets the tanh path's dx."""
 

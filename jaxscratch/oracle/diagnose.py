@@ -8,14 +8,16 @@ a :class:`Diagnosis` for the first failing leaf, one of :data:`KINDS`:
 * ``"transpose"``: the manual leaf equals the oracle's with two axes swapped (or, for a wrong
   shape, with its axes permuted);
 * ``"wrong-axis"``: the manual leaf is the per-sample gradient tensor summed over another set of
-  axes than the batch (a bias gradient summed over the units); needs the per-sample oracle
-  gradients (:func:`per_sample_gradients`);
+  axes than the batch (a bias gradient summed over the units), or one such sum in every entry;
+  needs the per-sample oracle gradients (:func:`per_sample_gradients`);
 * ``"shape"``: another shape, none of the above;
 * ``"sign"``: manual = -oracle; ``"scale"``: manual = c x oracle (``Diagnosis.constant`` is c;
   the words say when c is the batch size, batch x time, 2 or 1/2);
 * ``"missing-term"``: manual = oracle minus one path's gradient, where the op says its paths (a
   ``paths`` hook: ``{name: f(params, x) -> y_part}`` whose parts sum to the op's output), or the
   manual leaf is zero where the oracle's is not (the only term missing);
+* ``"missing-mask"``: manual = oracle wherever the oracle is non-zero, but non-zero where the
+  oracle is exactly zero (a ReLU, max-pool or dropout mask forgotten);
 * ``"cross-sample"``: the op is per-sample (the oracle's dx for a cotangent on one sample is zero on
   every other sample) but the manual dx is not;
 * ``"unknown"``: none of these patterns fit.
@@ -49,6 +51,7 @@ KINDS = (
     "transpose",
     "wrong-axis",
     "missing-term",
+    "missing-mask",
     "cross-sample",
     "shape",
     "structure",
@@ -146,16 +149,32 @@ def _wrong_axis(m: np.ndarray, o: np.ndarray, per: np.ndarray, tol: float) -> Di
             if axes == (0,):
                 continue  # the oracle's own reduction
             s = u.sum(axis=axes)
-            if s.size != m.size:
+            spread = s.size == 1 and m.size > 1  # one sum broadcast to every entry of m
+            if s.size != m.size and not spread:
                 continue
-            if close(m.ravel(), s.ravel(), tol):
+            if close(m.ravel(), np.broadcast_to(s.ravel(), (m.size,)), tol):
+                also = f", that one number in all {m.size} entries" if spread else ""
                 return Diagnosis(
                     "wrong-axis",
                     f"looks like a reduction over the wrong axis: manual = the per-sample "
-                    f"gradient {u.shape} summed over axes {axes}, the oracle sums over axis 0 "
-                    "(the batch)",
+                    f"gradient {u.shape} summed over axes {axes}{also}; the oracle sums over "
+                    "axis 0 (the batch)",
                 )
     return None
+
+
+def _missing_mask(m: np.ndarray, o: np.ndarray, tol: float) -> Diagnosis | None:
+    """manual = oracle where the oracle is non-zero, non-zero where it is exactly zero."""
+    zero = o == 0
+    leak = zero & (m != 0)
+    if not np.any(leak) or np.all(zero) or not close(m[~zero], o[~zero], tol):
+        return None
+    return Diagnosis(
+        "missing-mask",
+        f"looks like a missing mask: manual = oracle wherever the oracle is non-zero, but "
+        f"non-zero at {int(leak.sum())} of the {int(zero.sum())} entries where the oracle is "
+        "exactly zero (a ReLU, max-pool or dropout mask forgotten?)",
+    )
 
 
 def _missing_path(
@@ -200,7 +219,12 @@ def diagnose_leaf(m: Any, o: Any, ctx: Context, k: int = 0, rtol: float = 1e-10)
                 )
             kind = "missing-term" if _near(c, 0.0) else "scale"
             return with_index(Diagnosis(kind, scale_words(c, ctx.batch, ctx.time), c))
-    d = _transpose(m, o, tol) or _missing_path(m, o, k, ctx, tol) or wrong_axis()
+    d = (
+        _transpose(m, o, tol)
+        or _missing_path(m, o, k, ctx, tol)
+        or _missing_mask(m, o, tol)
+        or wrong_axis()
+    )
     if d:
         return with_index(d)
     return with_index(
