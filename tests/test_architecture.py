@@ -26,7 +26,7 @@ ALLOWED: dict[str, set[str]] = {
     "data": BASE,
     "train": BASE | {"ops", "optim"},
     "oracle": BASE | {"ops"},
-    "book": BASE | {"ops", "optim", "data", "train"},
+    "book": BASE | {"ops", "optim", "data", "train", "oracle"},
     "runs": BASE | {"ops", "optim", "data", "train", "book", "oracle"},
 }
 MAX_MODULE_LINES = 500

@@ -79,29 +79,7 @@ def test_initial_state_gradient_is_checked_and_nonzero():
 # ----------------------------------------------------------------------------------- broken ops
 
 
-def _buggy_gru_recur(W_h, xp, state):
-    """The book's GRU: the update gate is computed with the *reset* gate's weights."""
-    W_ru, W_hh = W_h
-    (h_prev,) = state
-    n = h_prev.shape[1]
-    pre_r = xp[:, :n] + h_prev @ W_ru[:, :n]  # x W_xr + h W_hr + B_r
-    r = jax.nn.sigmoid(pre_r)
-    u = jax.nn.sigmoid(pre_r)  # bug: should be x W_xu + h W_hu + B_u
-    h_bar = jnp.tanh(xp[:, 2 * n :] + (r * h_prev) @ W_hh)
-    return (u * h_prev + (1.0 - u) * h_bar,), (jnp.concatenate([r, u], axis=1), h_bar)
-
-
-def test_oracle_catches_the_books_gru_update_gate_bug():
-    buggy = rnn.cell_op(rnn.GRU._replace(name="gru_book_bug", recur=_buggy_gru_recur))
-    params, x = _example("gru_cell")
-    report = gradcheck.check_op(buggy, params, x)
-    assert not report.passed
-    assert any(w in report.detail for w in ("W_xr", "W_hr", "B_r", "W_xu", "W_hu", "B_u")), (
-        report.detail
-    )
-    assert report.vjp_max_rel > 1e-3
-    # the same inputs pass with the correct step
-    assert gradcheck.check_op(rnn.gru_cell, params, x).passed
+# the book's GRU update gate: a mutant in jaxscratch.book.errata, caught in tests/test_errata.py
 
 
 def test_oracle_catches_bptt_without_the_hidden_to_hidden_path():
