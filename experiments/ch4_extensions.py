@@ -119,11 +119,18 @@ def describe(row: Row, epochs: int) -> dict[str, Any]:
     }
 
 
-def train_row(row, ds, epochs: int, seed: int, eval_every: int, log) -> dict[str, Any]:
-    """Train one row with per-epoch evaluation and the book's early stopping (see module doc)."""
+def train_row(
+    row, ds, epochs: int, seed: int, eval_every: int, log, init_transform=None
+) -> dict[str, Any]:
+    """Train one row with per-epoch evaluation and the book's early stopping (see module doc).
+
+    ``init_transform(params) -> params``, if given, changes the initial params (the errata
+    experiment gives Glorot its book form). The result's ``_params`` are the returned params."""
     net, loss, opt = build(row)
     init_key, fit_key = jax.random.split(jax.random.key(seed))
     _, params = init_params(net, init_key, (ds.X_train.shape[1],))
+    if init_transform is not None:
+        params = init_transform(params)
     sched = make_schedule(row, epochs)
     curve: list[dict[str, float]] = []
 
@@ -174,6 +181,7 @@ def train_row(row, ds, epochs: int, seed: int, eval_every: int, log) -> dict[str
         "seconds": seconds,
         "curve": curve,
         "_pred": guess,
+        "_params": final,
     }
 
 
@@ -350,6 +358,7 @@ def main(argv: list[str] | None = None) -> int:
     )  # fmt: skip
     for r in results:
         r.pop("_pred", None)
+        r.pop("_params", None)
     plot_curves(out / "eval_loss.png", results, args.dataset)
 
     table = markdown_table(results, args.dataset)
