@@ -108,18 +108,17 @@ def _fd_check(
     directions = [None] + (float_idx if per_leaf else [])  # None: all leaves at once
     worst, detail = 0.0, ""
     g_leaves = jax.tree.leaves(grads)
+    # the shifts are made in numpy: eager jnp arithmetic would compile once per new leaf shape
+    host = [np.asarray(a) if _is_float(a) else a for a in leaves]
     for n, only in enumerate(directions):
         key, sub = jax.random.split(key)
-        d = _random_like(sub, args)
+        d_leaves = [np.asarray(dl) for dl in jax.tree.leaves(_random_like(sub, args))]
         if only is not None:
-            d_leaves = jax.tree.leaves(d)
-            d_leaves = [dl if i == only else jnp.zeros_like(dl) for i, dl in enumerate(d_leaves)]
-            d = jax.tree.unflatten(treedef, d_leaves)
-        d_leaves = jax.tree.leaves(d)
+            d_leaves = [dl if i == only else np.zeros_like(dl) for i, dl in enumerate(d_leaves)]
 
         def shift(s, d_leaves=d_leaves):
             moved = [
-                a + s * dl if _is_float(a) else a for a, dl in zip(leaves, d_leaves, strict=True)
+                a + s * dl if _is_float(a) else a for a, dl in zip(host, d_leaves, strict=True)
             ]
             return jax.tree.unflatten(treedef, moved)
 

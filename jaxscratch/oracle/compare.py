@@ -41,7 +41,7 @@ def random_like(key: jax.Array, tree: Any) -> Any:
     out = [
         jnp.asarray(rng.standard_normal(jnp.shape(a)), jnp.float64)
         if is_float(a)
-        else jnp.zeros_like(a)
+        else jnp.asarray(np.zeros(jnp.shape(a), a.dtype))
         for a in leaves
     ]
     return jax.tree.unflatten(treedef, out)
