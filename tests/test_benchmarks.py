@@ -35,14 +35,33 @@ def _rng(seed: int = 0) -> np.random.Generator:
     return np.random.default_rng(seed)
 
 
-@pytest.mark.subprocess
-def test_quick_benchmark_smoke(tmp_path: Path) -> None:
-    """``benchmarks.py --quick`` runs every implementation and writes the promised keys."""
+def _quick_benchmark(tmp_path: Path, workloads: tuple[str, ...]) -> dict:
     cmd = [sys.executable, str(EXPERIMENTS / "benchmarks.py"), "--quick", "--out", str(tmp_path)]
+    cmd += ["--workloads", ",".join(workloads)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     res = json.loads((tmp_path / "results.json").read_text())
-    assert set(res["workloads"]) == set(benchmarks.WORKLOADS)
+    assert set(res["workloads"]) == set(workloads)
+    return res
+
+
+@pytest.mark.subprocess
+def test_quick_benchmark_smoke_on_one_workload(tmp_path: Path) -> None:
+    """The default suite's smoke run: ``--quick`` on the cheapest workload, every column (all
+    four workloads: the slow test below)."""
+    res = _quick_benchmark(tmp_path, ("boston",))
+    for name, w in res["workloads"].items():
+        for key in ("jaxscratch", "numpy", "jax_grad", "per_step"):
+            assert w[key] > 0, (name, key)
+        assert ("pytorch" in w["impls"]) == (benchmarks.TORCH is not None), name
+    assert "| boston | jaxscratch |" in (tmp_path / "benchmarks.md").read_text()
+
+
+@pytest.mark.slow
+@pytest.mark.subprocess
+def test_quick_benchmark_smoke(tmp_path: Path) -> None:
+    """``benchmarks.py --quick`` runs every implementation and writes the promised keys."""
+    res = _quick_benchmark(tmp_path, tuple(benchmarks.WORKLOADS))
     for name, w in res["workloads"].items():
         for key in ("jaxscratch", "numpy", "jax_grad", "per_step"):
             assert w[key] > 0, (name, key)
