@@ -10,7 +10,7 @@ import pytest
 from jaxscratch.core import Op, apply, init_params, serial
 from jaxscratch.ops import activations as A
 from jaxscratch.ops.dense import dense
-from jaxscratch.ops.dropout import dropout
+from jaxscratch.ops.dropout import MASKS, dropout, keep_mask, keep_threshold
 from jaxscratch.oracle.check import check_op
 
 KEY = jax.random.key(4)
@@ -124,3 +124,56 @@ def test_oracle_catches_a_wrong_dropout_backward():
     x = jax.random.normal(KEY, (6, 9), jnp.float64)
     assert check_op(good, (), x).passed
     assert not check_op(bad, (), x).passed
+
+
+# ----------------------------------------------------------------------------------- the mask
+
+
+def test_the_hash_mask_keeps_exactly_the_threshold_over_two_to_the_32():
+    for keep in (0.8, 0.5, 0.1, 1 - 2**-32):
+        t = keep_threshold(keep)
+        assert t == int(keep * 2**32) and 0 <= keep - t / 2**32 < 2**-32
+    assert bool(jnp.all(keep_mask(KEY, 1.0, (3, 5))))
+
+
+@pytest.mark.parametrize("mask", MASKS)
+@pytest.mark.parametrize("keep", [0.8, 0.5, 0.1])
+def test_the_mask_keeps_keep_prob_of_the_entries(mask, keep):
+    """The kept fraction of 2**20 draws is within 4 standard errors of keep_prob, per key."""
+    for k in range(3):
+        m = np.asarray(keep_mask(jax.random.key(k), keep, (1 << 10, 1 << 10), mask), np.float64)
+        assert abs(m.mean() - keep) < 4 * np.sqrt(keep * (1 - keep) / m.size), (k, m.mean())
+
+
+def test_the_hash_mask_has_no_correlation_between_neighbours_keys_or_layers():
+    """Lag-1, lag-28 (an image row) and lag-784 (an image) correlations, and the correlation of
+    two keys' masks, are all within 4.5 standard errors of zero (2**20 entries)."""
+    n = 1 << 20
+    m = np.asarray(keep_mask(jax.random.key(0), 0.5, (n,)), np.float64)
+    other = np.asarray(keep_mask(jax.random.key(1), 0.5, (n,)), np.float64)
+    bound = 4.5 / np.sqrt(n)
+    for lag in (1, 28, 784):
+        assert abs(np.corrcoef(m[:-lag], m[lag:])[0, 1]) < bound, lag
+    assert abs(np.corrcoef(m, other)[0, 1]) < bound
+
+
+def test_the_mask_is_a_pure_function_of_key_and_shape_under_jit_and_vmap():
+    keys = jax.random.split(KEY, 3)
+    eager = [keep_mask(k, 0.7, (4, 6)) for k in keys]
+    jitted = jax.jit(lambda k: keep_mask(k, 0.7, (4, 6)))
+    mapped = jax.vmap(lambda k: keep_mask(k, 0.7, (4, 6)))(keys)
+    for i, k in enumerate(keys):
+        np.testing.assert_array_equal(eager[i], jitted(k))
+        np.testing.assert_array_equal(eager[i], mapped[i])
+    assert not np.array_equal(eager[0], eager[1])
+
+
+def test_threefry_is_the_old_bernoulli_draw_and_a_bad_mask_name_is_refused():
+    np.testing.assert_array_equal(
+        keep_mask(KEY, 0.8, (5, 7), "threefry"), jax.random.bernoulli(KEY, 0.8, (5, 7))
+    )
+    assert dropout(0.8, mask="threefry").name == "dropout[0.8,threefry]"
+    with pytest.raises(ValueError, match=r"dropout: mask must be one of \('hash', 'threefry'\)"):
+        dropout(0.8, mask="philox")
+    with pytest.raises(ValueError, match=r"keep_mask: 4294967296 elements in \(65536, 65536\)"):
+        jax.eval_shape(lambda k: keep_mask(k, 0.5, (1 << 16, 1 << 16)), KEY)
