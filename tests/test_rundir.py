@@ -219,6 +219,26 @@ def test_resume_with_an_edited_config_is_refused_naming_the_keys(tmp_path):
     assert meta["resumed_with_changes"] == ["optimizer.lr", "seed"]
 
 
+def test_a_run_with_dropout_records_its_mask_and_a_resume_under_another_is_refused(
+    tmp_path, monkeypatch
+):
+    """The dropout mask generator is part of what a run was trained with: a checkpoint of a run
+    made under other masks (here: threefry, as before the hash masks) is not resumed silently."""
+    path = _config_file(tmp_path)
+    text = path.read_text()
+    path.write_text(text.replace('activation = "tanh"', 'activation = "tanh"\ndropout = 0.9', 1))
+    run = tmp_path / "run"
+    monkeypatch.setattr(session, "DROPOUT_MASK", "threefry")
+    cfg = config.load_config(path)
+    summary = session.train(cfg, run, out=io.StringIO(), stop_after=1)
+    assert summary["status"] == "stopped"
+    monkeypatch.undo()
+    with pytest.raises(RunError, match=r"dropout_mask: 'threefry' -> 'hash'"):
+        session.train(run_dir=run, resume=True, out=io.StringIO())
+    summary = session.train(run_dir=run, resume=True, out=io.StringIO(), allow_changed=True)
+    assert summary["resumed_with_changes"] == ["dropout_mask"]
+
+
 def test_the_cli_refuses_a_changed_resume_in_one_line_and_allow_changed_goes_on(tmp_path, capsys):
     from jaxscratch.runs.cli import main
 

@@ -36,6 +36,7 @@ from jaxscratch.core import Array, Op, register
 from jaxscratch.validate import check_probability
 
 MASKS = ("hash", "threefry")
+DEFAULT_MASK = "hash"  # run fingerprints record it: a resume under another mask is refused
 
 
 def _fmix32(h: Array) -> Array:
@@ -52,7 +53,9 @@ def keep_threshold(keep_prob: float) -> int:
     return math.floor(keep_prob * 2**32)
 
 
-def keep_mask(key: Array, keep_prob: float, shape: tuple[int, ...], mask: str = "hash") -> Array:
+def keep_mask(
+    key: Array, keep_prob: float, shape: tuple[int, ...], mask: str = DEFAULT_MASK
+) -> Array:
     """A boolean array of ``shape``, each entry True with probability ``keep_prob`` (see the
     module docstring: ``"hash"``, exact to 2**-32, or ``"threefry"``, ``jax.random.bernoulli``).
     A pure function of ``key``; ``keep_prob = 1`` gives all True."""
@@ -73,7 +76,7 @@ def keep_mask(key: Array, keep_prob: float, shape: tuple[int, ...], mask: str = 
     return (h < jnp.uint32(keep_threshold(keep_prob))).reshape(shape)
 
 
-def dropout(keep_prob: float, *, inverted: bool = False, mask: str = "hash") -> Op:
+def dropout(keep_prob: float, *, inverted: bool = False, mask: str = DEFAULT_MASK) -> Op:
     """A dropout op keeping each activation with probability ``keep_prob`` in (0, 1].
 
     ``inverted=False`` (the book): train ``x * mask``, inference ``keep_prob * x``.

@@ -33,6 +33,7 @@ import jax
 import numpy as np
 
 from jaxscratch.core import init_params
+from jaxscratch.ops.dropout import DEFAULT_MASK as DROPOUT_MASK
 from jaxscratch.runs import checkpoint as ckpt
 from jaxscratch.runs import config as cfgmod
 from jaxscratch.runs import plugins
@@ -151,9 +152,12 @@ class _Session:
             "y_test": d.y_test,
         }
         self.plugins = plugins.records(cfg)  # module, file, sha256 of each [plugins] module
-        self.fingerprint = fingerprint(plugins.fingerprint_config(cfg, self.plugins), arrays)
-        self.changes: list[str] = []
         self.model = cfgmod.build_model(cfg)
+        seen = plugins.fingerprint_config(cfg, self.plugins)
+        if self.model.net.stochastic:  # how the dropout masks are drawn: a resume must match it
+            seen = {**seen, "dropout_mask": DROPOUT_MASK}
+        self.fingerprint = fingerprint(seen, arrays)
+        self.changes: list[str] = []
         self.in_shape = tuple(self.data.X_train.shape[1:])
         self.manifest: Path | None = None
         self.meta: dict[str, Any] = {}
