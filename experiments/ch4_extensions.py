@@ -87,8 +87,11 @@ ROWS = [
 ]  # fmt: skip
 
 
-def build(row: Row) -> tuple[Op, Loss, Optimizer]:
-    layers = [dense(n, act, init=row.init, dropout=row.dropout) for n, act in row.layers]
+def build(row: Row, dropout_mask: str = "hash") -> tuple[Op, Loss, Optimizer]:
+    layers = [
+        dense(n, act, init=row.init, dropout=row.dropout, dropout_mask=dropout_mask)
+        for n, act in row.layers
+    ]
     layers.append(dense(10, row.output, init=row.init))
     net = serial(*layers, name=f"ch4[{row.key}]")
     loss = mean_squared_error if row.loss == "mse" else softmax_cross_entropy
@@ -185,10 +188,12 @@ def train_row(
     }
 
 
-def train_row_seeds(row, ds, epochs: int, seed: int, n: int, eval_every: int, log) -> dict:
+def train_row_seeds(
+    row, ds, epochs: int, seed: int, n: int, eval_every: int, log, dropout_mask: str = "hash"
+) -> dict:
     """The row trained with seeds ``seed .. seed + n - 1`` at once (:func:`jaxscratch.train.fit_many`,
     the book's early-stopping rule applied to each run); accuracy mean, std, min and max."""
-    net, loss, opt = build(row)
+    net, loss, opt = build(row, dropout_mask)
     pairs = [jax.random.split(jax.random.key(seed + i)) for i in range(n)]
     init_keys = jnp.stack([p[0] for p in pairs])
     fit_keys = jnp.stack([p[1] for p in pairs])

@@ -12,6 +12,7 @@ from jax.typing import DTypeLike
 from jaxscratch.core import Array, Op, Shape, draw_dims, register, serial
 from jaxscratch.ops import init as initializers
 from jaxscratch.ops.activations import get_activation
+from jaxscratch.ops.dropout import DEFAULT_MASK
 from jaxscratch.ops.dropout import dropout as make_dropout
 from jaxscratch.validate import check_positive_int, check_probability
 
@@ -94,6 +95,7 @@ def dense(
     dtype: DTypeLike | None = None,
     dropout: float | None = None,
     inverted: bool = False,
+    dropout_mask: str = DEFAULT_MASK,
 ) -> Op:
     """The book's ``Dense`` layer: ``y = activation(x @ W + B)``, optionally followed by dropout.
 
@@ -109,10 +111,11 @@ def dense(
     stochastic op whose params are ``(dense params, ())`` and whose cache is ``(dense cache,
     mask)``; its forward takes ``key``/``train`` (see :mod:`jaxscratch.ops.dropout`). ``dropout=None``
     or ``1.0`` adds no dropout op, as the book's layer does for ``dropout=1.0``.
+    ``dropout_mask``: how the dropout op draws its masks (``"hash"`` or ``"threefry"``).
     """
     if dropout is not None and check_probability("dense", "dropout", dropout) != 1.0:
         layer = dense(neurons, activation, init=init, dtype=dtype)
-        drop = make_dropout(dropout, inverted=inverted)
+        drop = make_dropout(dropout, inverted=inverted, mask=dropout_mask)
         return serial(layer, drop, name=f"{layer.name}+{drop.name}")
     neurons = check_positive_int("dense", "neurons", neurons)
     act = get_activation(activation)
