@@ -72,35 +72,36 @@ def _ch2_scores(model: str, mode: str) -> tuple[float, float]:
     return float(np.mean(np.abs(P - y_test))), float(np.sqrt(np.mean((P - y_test) ** 2)))
 
 
-def effect_ch2() -> dict[str, dict[str, Any]]:
-    """The book's two ch.2 runs (numpy draws, book hyperparameters) with and without each quirk."""
+def _ch2_effect(model: str, fixed_mode: str, fixed_key: str, bug: str, fix: str) -> dict:
+    """One ch.2 run (the book's numpy draws and hyperparameters) with the book's gradient and
+    with ``fixed_mode``'s, beside the printed figure."""
     import ch2_fundamentals as ch2
 
-    lin_book, lin_mean = _ch2_scores("linear", "book"), _ch2_scores("linear", "mean")
-    net_book, net_unit = _ch2_scores("network", "book"), _ch2_scores("network", "book_unit_bias")
-    b_lin, b_net = ch2.BOOK["linear"], ch2.BOOK["network"]
+    book, fixed = _ch2_scores(model, "book"), _ch2_scores(model, fixed_mode)
+    printed = ch2.BOOK[model]
     return {
-        "ch2_sum_vs_mean": {
-            "book_figure": {"mae": b_lin[0], "rmse": b_lin[1]},
-            "with_the_book_gradient": dict(zip(("mae", "rmse"), lin_book, strict=True)),
-            "with_the_printed_loss_gradient": dict(zip(("mae", "rmse"), lin_mean, strict=True)),
-            "text": (
-                f"MAE/RMSE {b_lin[0]:.4f}/{b_lin[1]:.4f} printed; the book's draws give "
-                f"{lin_book[0]:.4f}/{lin_book[1]:.4f} with the sum's gradient, "
-                f"{lin_mean[0]:.4f}/{lin_mean[1]:.4f} with the printed loss's (same lr)"
-            ),
-        },
-        "ch2_hidden_bias": {
-            "book_figure": {"mae": b_net[0], "rmse": b_net[1]},
-            "with_the_book_gradient": dict(zip(("mae", "rmse"), net_book, strict=True)),
-            "with_the_per_unit_gradient": dict(zip(("mae", "rmse"), net_unit, strict=True)),
-            "text": (
-                f"MAE/RMSE {b_net[0]:.4f}/{b_net[1]:.4f} printed; the book's draws give "
-                f"{net_book[0]:.4f}/{net_book[1]:.4f} with the scalar gradient, "
-                f"{net_unit[0]:.4f}/{net_unit[1]:.4f} per unit"
-            ),
-        },
+        "book_figure": {"mae": printed[0], "rmse": printed[1]},
+        "with_the_book_gradient": dict(zip(("mae", "rmse"), book, strict=True)),
+        fixed_key: dict(zip(("mae", "rmse"), fixed, strict=True)),
+        "text": (
+            f"MAE/RMSE {printed[0]:.4f}/{printed[1]:.4f} printed; the book's draws give "
+            f"{book[0]:.4f}/{book[1]:.4f} with {bug}, {fixed[0]:.4f}/{fixed[1]:.4f} {fix}"
+        ),
     }
+
+
+def effect_ch2() -> dict[str, dict[str, Any]]:
+    """The book's two ch.2 runs with and without each quirk."""
+    return {
+        "ch2_sum_vs_mean": _ch2_effect(
+            "linear", "mean", "with_the_printed_loss_gradient", "the sum's gradient",
+            "with the printed loss's (same lr)",
+        ),
+        "ch2_hidden_bias": _ch2_effect(
+            "network", "book_unit_bias", "with_the_per_unit_gradient", "the scalar gradient",
+            "per unit",
+        ),
+    }  # fmt: skip
 
 
 # ------------------------------------------------------------------------------- ch.4 / ch.5
