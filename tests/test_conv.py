@@ -79,10 +79,13 @@ OTHER_GRID = [(4, 2, "valid", True)]
 
 @pytest.mark.parametrize(("kernel", "stride", "padding", "bias"), DEFAULT_GRID)
 def test_conv2d_passes_the_oracle(kernel, stride, padding, bias):
+    """The forward against XLA's convolution, and the backward against the oracle unless the
+    configuration is a registry entry (the registry sweep, tests/test_oracle.py, checks those)."""
     op = conv2d(C_OUT, kernel, stride=stride, padding=padding, bias=bias)
     params, x = _example(kernel, bias)
-    report = check_op(op, params, x)
-    assert report.passed, report.detail
+    if op.name not in registry():
+        report = check_op(op, params, x)
+        assert report.passed, report.detail
     y, _ = op.forward(params, x)
     np.testing.assert_allclose(
         y, _lax_reference(params, x, stride, padding), rtol=1e-12, atol=1e-12
