@@ -160,6 +160,21 @@ def _compiled(op: Any, stochastic: bool) -> tuple[Callable, Callable]:
         return _make_compiled(op, stochastic)
 
 
+def _manual(op: Any, params: Any, x: Any, drop_key: jax.Array, ct_key: jax.Array) -> tuple:
+    """``(dy, op.backward(cache, dy))`` with a random cotangent ``dy``: forward and backward as
+    one jitted program (eagerly, one small program per primitive, they compiled many times over),
+    or eagerly when the op cannot be traced (its ``"jit"`` property then fails by name)."""
+    try:
+        y = jax.eval_shape(lambda p, xx, k: call(op, p, xx, k)[0], params, x, drop_key)
+        dy = _random_like(ct_key, y)
+        run = jax.jit(lambda p, xx, k, d: op.backward(call(op, p, xx, k)[1], d))
+        return dy, run(params, x, drop_key, dy)
+    except jax.errors.JAXTypeError:  # a value-dependent Python branch, a tracer used as a bool
+        y, cache = call(op, params, x, drop_key)
+        dy = _random_like(ct_key, y)
+        return dy, op.backward(cache, dy)
+
+
 def check_op(
     op: Any,
     params: Any,
@@ -200,11 +215,10 @@ def check_op(
 
         fwd_y, scalar = _compiled(op, stochastic)
         try:
-            y, cache = call(op, params, x, drop_key)
-            dy = _random_like(ct_key, y)
-            manual = op.backward(cache, dy)
-            _, vjp_fn = jax.vjp(lambda p, xx: fwd_y(p, xx, drop_key), params, x)
-            oracle = vjp_fn(dy)
+            dy, manual = _manual(op, params, x, drop_key, ct_key)
+            oracle = jax.jit(
+                lambda p, xx, d: jax.vjp(lambda a, b: fwd_y(a, b, drop_key), p, xx)[1](d)
+            )(params, x, dy)
         except (ValueError, TypeError) as e:
             return _failed(label, f"{type(e).__name__}: {e}", "unknown")
         if not isinstance(manual, tuple) or len(manual) != 2:
