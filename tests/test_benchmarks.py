@@ -106,6 +106,7 @@ def test_pytorch_column_is_optional(monkeypatch: pytest.MonkeyPatch) -> None:
     assert not benchmarks._is_peer("jaxscratch")
 
 
+@pytest.mark.slow  # the benchmark's twins are the same model: with the full benchmark smoke
 def test_pytorch_lstm_is_the_same_model() -> None:
     """torch.nn.LSTM holding the jaxscratch weights computes the same loss (float32)."""
     if benchmarks.TORCH is None:
@@ -188,6 +189,7 @@ def test_numpy_conv_matches_jax() -> None:
     )
 
 
+@pytest.mark.slow  # the benchmark's twins are the same model: with the full benchmark smoke
 def test_numpy_lstm_matches_jax() -> None:
     """The book's LSTMNode/LSTMLayer with the mean sequence loss equals jax.grad of lstm_layer."""
     B, T, V, H = 3, 5, 4, 6
@@ -214,6 +216,7 @@ def test_numpy_lstm_matches_jax() -> None:
         np.testing.assert_allclose(layer.params[k]["deriv"], np.asarray(g), rtol=1e-9, atol=1e-12)
 
 
+@pytest.mark.slow  # the benchmark's twins are the same model: with the full benchmark smoke
 def test_vjp_twin_matches_hand_derived() -> None:
     """The benchmark's jax.grad twin computes the same training step (dropout included)."""
     from jaxscratch.ops.dropout import dropout

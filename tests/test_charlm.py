@@ -205,6 +205,7 @@ def test_training_through_fit_equals_a_manual_loop_over_sample_windows():
     np.testing.assert_array_equal(y[7], ids[8:13])
 
 
+@pytest.mark.slow  # its blocks are registry entries the default sweep checks
 def test_the_transformer_model_passes_the_oracle():
     """char_model("transformer"): the composed hand backward of the whole model (embedding,
     positions, two causal blocks, norm, logits) equals jax.vjp and finite differences."""

@@ -606,6 +606,7 @@ def test_book_preprocess_errors():
 # ------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # the real files, where present; the loader's tests write their own IDX files
 @pytest.mark.skipif(not REAL_MNIST.is_dir(), reason=f"{REAL_MNIST} not present")
 def test_real_mnist():
     d = load_mnist("mnist", data_dir=REAL_MNIST, urlopen=no_network)
