@@ -41,6 +41,7 @@ from jaxscratch import data as D
 from jaxscratch.core import Loss, Op, init_params, serial
 from jaxscratch.fileio import write_json_atomic as _write_json_atomic
 from jaxscratch.ops.dense import dense
+from jaxscratch.ops.dropout import DEFAULT_MASK
 from jaxscratch.ops.losses import mean_squared_error, softmax_cross_entropy
 from jaxscratch.optim.optimizers import Optimizer, sgd, sgd_momentum
 from jaxscratch.optim.schedules import constant, exponential_decay, linear_decay
@@ -87,7 +88,7 @@ ROWS = [
 ]  # fmt: skip
 
 
-def build(row: Row, dropout_mask: str = "hash") -> tuple[Op, Loss, Optimizer]:
+def build(row: Row, dropout_mask: str = DEFAULT_MASK) -> tuple[Op, Loss, Optimizer]:
     layers = [
         dense(n, act, init=row.init, dropout=row.dropout, dropout_mask=dropout_mask)
         for n, act in row.layers
@@ -189,7 +190,7 @@ def train_row(
 
 
 def train_row_seeds(
-    row, ds, epochs: int, seed: int, n: int, eval_every: int, log, dropout_mask: str = "hash"
+    row, ds, epochs: int, seed: int, n: int, eval_every: int, log, dropout_mask: str = DEFAULT_MASK
 ) -> dict:
     """The row trained with seeds ``seed .. seed + n - 1`` at once (:func:`jaxscratch.train.fit_many`,
     the book's early-stopping rule applied to each run); accuracy mean, std, min and max."""

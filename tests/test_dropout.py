@@ -174,6 +174,8 @@ def test_threefry_is_the_old_bernoulli_draw_and_a_bad_mask_name_is_refused():
     )
     assert dropout(0.8, mask="threefry").name == "dropout[0.8,threefry]"
     assert dense(4, "tanh", dropout=0.8, dropout_mask="threefry").name.endswith("threefry]")
+    with pytest.raises(ValueError, match=r"dense: dropout_mask must be one of"):
+        dense(4, "tanh", dropout_mask="philox")  # refused even without dropout
     with pytest.raises(ValueError, match=r"dropout: mask must be one of \('hash', 'threefry'\)"):
         dropout(0.8, mask="philox")
     with pytest.raises(ValueError, match=r"keep_mask: 4294967296 elements in \(65536, 65536\)"):

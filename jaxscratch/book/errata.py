@@ -318,8 +318,3 @@ ERRATA: tuple[Erratum, ...] = (
     Erratum("gru_update_gate", "6", "GRU update gate", "u = sigmoid(x W_xr + h W_hr + B_r)",
             "u = sigmoid(x W_xu + h W_hu + B_u)", gru_update_gate),
 )  # fmt: skip
-
-
-def find_all() -> dict[str, Finding]:
-    """Every erratum's finding, by key."""
-    return {e.key: e.find() for e in ERRATA}

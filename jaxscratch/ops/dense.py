@@ -12,7 +12,7 @@ from jax.typing import DTypeLike
 from jaxscratch.core import Array, Op, Shape, draw_dims, register, serial
 from jaxscratch.ops import init as initializers
 from jaxscratch.ops.activations import get_activation
-from jaxscratch.ops.dropout import DEFAULT_MASK
+from jaxscratch.ops.dropout import DEFAULT_MASK, MASKS
 from jaxscratch.ops.dropout import dropout as make_dropout
 from jaxscratch.validate import check_positive_int, check_probability
 
@@ -113,6 +113,8 @@ def dense(
     or ``1.0`` adds no dropout op, as the book's layer does for ``dropout=1.0``.
     ``dropout_mask``: how the dropout op draws its masks (``"hash"`` or ``"threefry"``).
     """
+    if dropout_mask not in MASKS:
+        raise ValueError(f"dense: dropout_mask must be one of {MASKS}, got {dropout_mask!r}")
     if dropout is not None and check_probability("dense", "dropout", dropout) != 1.0:
         layer = dense(neurons, activation, init=init, dtype=dtype)
         drop = make_dropout(dropout, inverted=inverted, mask=dropout_mask)

@@ -10,6 +10,9 @@ Forward: ``forward((), x, *, key=None, train=True) -> (y, cache)``; x, y: any sh
 ``key`` is required (``ValueError`` otherwise); :func:`jaxscratch.core.serial` hands each dropout
 op its own sub-key. Cache: the boolean mask (shape of x) in training, ``None`` at inference.
 
+Backward: ``dx = dy * mask`` (``* mask / keep_prob`` inverted) with the forward pass's own mask;
+``dx = dy * keep_prob`` (book) or ``dy`` (inverted) at inference.
+
 The mask (:func:`keep_mask`) is drawn by a counter-based hash by default (``mask="hash"``): two
 32-bit seeds are drawn from the key with ``jax.random.bits``, and element ``i`` is kept when
 ``fmix32(fmix32(i ^ s0) ^ s1) < floor(keep_prob * 2**32)``, with ``fmix32`` MurmurHash3's
@@ -20,8 +23,6 @@ the counter is an ``iota``), and it costs about a ninth of ``jax.random.bernoull
 draw, which was half of a training step of the book's CNN. It is not a cryptographic generator;
 ``mask="threefry"`` draws ``jax.random.bernoulli`` as before this change (the masks, and so the
 results, of runs made with it).
-Backward: ``dx = dy * mask`` (``* mask / keep_prob`` inverted) with the forward pass's own mask;
-``dx = dy * keep_prob`` (book) or ``dy`` (inverted) at inference.
 """
 
 from __future__ import annotations
