@@ -167,3 +167,52 @@ def test_a_shared_schedule_is_fits_schedule():
               **EVAL)  # fmt: skip
     _close(res.run(1), one.state.params)
     assert np.isnan(res.history.lr).all()
+
+
+def test_a_run_resumed_from_a_callbacks_state_is_the_uninterrupted_run():
+    """callback(info) after every period; a ManyState taken from it and passed back as params
+    continues bitwise as the uninterrupted run (book-rule stops and restore="best" bookkeeping
+    included: run 0 stops before the resume point, run 1 after it), and info names what each
+    period did (a stopped run's later train losses are NaN, not the discarded computation's)."""
+    from jaxscratch.train.many import ManyState
+
+    keys, start = _keys(2, seed=5), init_many(NET, _keys(2, seed=6), (13,))
+    kw = dict(keys=keys, epochs=30, batch_size=40, lr=[0.008, 0.002], stopping="book",
+              restore="best", eval_data=(XT[:8], YT[:8]), eval_every=3)  # fmt: skip
+    opt = sgd_momentum(0.9)
+    infos: list[dict] = []
+    full = fit_many(NET, mean_squared_error, opt, start, X, Y, callback=infos.append, **kw)
+    h = full.history
+    assert list(h.stopped_epoch) == [15, 24]  # the example needs one stop on each side of 18
+    assert [i["epoch"] for i in infos] == h.eval_epochs == list(range(3, 25, 3))
+    assert [i["finished"] for i in infos] == [False] * (len(infos) - 1) + [True]
+    np.testing.assert_array_equal(np.stack([i["eval_loss"] for i in infos], 1), h.eval_loss)
+    assert all(list(i["trained"]) == [i["epoch"] <= 15, True] for i in infos)
+    assert all(np.isnan(i["period_train_loss"][0]).all() == (i["epoch"] > 15) for i in infos)
+
+    class Stop(Exception):
+        pass
+
+    saved: list[ManyState] = []
+
+    def stop_at_18(info):
+        if info["epoch"] == 18:
+            saved.append(info["state"])
+            raise Stop
+
+    with pytest.raises(Stop):
+        fit_many(NET, mean_squared_error, opt, start, X, Y, callback=stop_at_18, **kw)
+    state = saved[0]
+    assert state.epoch == 18 and list(state.alive) == [False, True]
+    assert state.best_params is not None and list(state.stopped_epoch) == [15, 0]
+    rest = fit_many(NET, mean_squared_error, opt, state, X, Y, **kw)
+    assert _leaves_equal(rest.params, full.params) and _leaves_equal(rest.state, full.state)
+    for name in ("stopped_epoch", "best_epoch", "diverged_epoch", "final_eval_loss"):
+        np.testing.assert_array_equal(getattr(rest.history, name), getattr(h, name))
+    np.testing.assert_array_equal(rest.history.eval_loss, h.eval_loss[:, 6:])
+    assert rest.history.epochs == h.epochs[18:]
+    # ... and the comparison can fail: the same state resumed with another lr differs
+    other = fit_many(NET, mean_squared_error, opt, state, X, Y, **{**kw, "lr": [0.008, 0.003]})
+    assert not _leaves_equal(other.params, full.params)
+    with pytest.raises(ValueError, match="past epochs=6"):
+        fit_many(NET, mean_squared_error, opt, state, X, Y, **{**kw, "epochs": 6})

@@ -32,11 +32,27 @@ Keys are split like ``fit``'s: ``init_many`` and ``fit_many`` take the per-run k
 products, which add in another order (measured: at most 2e-14 apart after 24 epochs of a Boston
 MLP; tests/test_many.py). Bitwise equality would need one compiled call per run, which is what
 ``fit`` in a loop already is.
+
+Resuming and watching (for checkpoints, signals, progress): ``callback(info)`` runs on the host
+after every period (every ``eval_every`` epochs and after the last), once that period's freezing,
+book-rule stops and best-keeping are done. ``info``: ``epoch``; ``state``, a :class:`ManyState`
+(everything needed to go on: stacked params and optimizer state, the epoch, and per run
+``alive``, ``diverged_epoch``, ``stopped_epoch``, ``best_epoch``, ``best_eval_loss``, the book
+rule's best, and under ``restore="best"`` the best params); ``trained`` (N,): the runs that
+trained in this period; ``train_loss`` (N,) (its last epoch) and ``period_train_loss`` (N, count),
+NaN for runs that did not train in the period or went non-finite; ``lr`` (N,) of its last epoch;
+with evaluation data ``eval_loss`` (N,) and ``metrics`` ``{name: (N,)}``, NaN for runs not
+evaluated (frozen, stopped, or non-finite); ``finished``: no later period follows. An exception
+raised by the callback ends ``fit_many`` (the state it was given is a consistent point to resume
+from). ``fit_many(..., params=state)`` with a :class:`ManyState` continues from ``state.epoch`` to
+``epochs``, with the same keys: the result (params, bookkeeping, the returned history's epochs from
+there on) is bitwise the uninterrupted run's. ``result.state`` is the state the run ended with.
 """
 
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -49,15 +65,15 @@ from jaxscratch.optim.optimizers import Optimizer
 from jaxscratch.train.inputs import LearningRates, device_data, lr_dtype
 from jaxscratch.train.loop import Metrics, _batching
 from jaxscratch.train.programs import Kernel, evaluator, period_kernel
-from jaxscratch.validate import check_choice, check_lr, check_positive_int, is_number
+from jaxscratch.validate import check_choice, check_int, check_lr, check_positive_int, is_number
 
 
 @dataclass
 class ManyHistory:
     """What :func:`fit_many` saw, one row per run. ``train_loss`` (N, epochs): each epoch's mean
     batch loss; ``eval_loss`` (N, evaluations) and ``eval_metrics[name]`` (N, evaluations) at
-    ``eval_epochs``; ``lr`` (N,); ``diverged_epoch`` (N,) (0: never); ``best_epoch`` (N,) (0:
-    never evaluated); ``stopped_epoch`` (N,): the evaluation at which the book's rule stopped the
+    ``eval_epochs``; ``lr`` (N,); ``diverged_epoch`` (N,) (0: never); ``best_epoch`` (N,): the
+    evaluation with the lowest eval loss, under either ``restore`` (0: never evaluated); ``stopped_epoch`` (N,): the evaluation at which the book's rule stopped the
     run (0: it did not; its params are then those from the start of that epoch);
     ``final_eval_loss`` / ``final_metrics[name]`` (N,): the evaluation of exactly the returned
     params (None without evaluation data)."""
@@ -75,12 +91,37 @@ class ManyHistory:
     stopped_epoch: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
 
 
+class ManyState(NamedTuple):
+    """Where N runs stand after ``epoch`` epochs: what :func:`fit_many` needs to go on (pass it as
+    ``params``). ``params`` / ``opt_state``: stacked (N, ...), the live training state (a stopped
+    or diverged run holds the params it was frozen with). Per run (N,): ``alive`` (still
+    training), ``diverged_epoch`` / ``stopped_epoch`` / ``best_epoch`` (0: not that),
+    ``best_eval_loss`` (inf: never evaluated), ``book_best`` (the book rule's best counted eval
+    loss, inf before the first); ``best_params`` / ``best_opt_state``: each run's best evaluated
+    ones under ``restore="best"``, else None."""
+
+    params: Params
+    opt_state: Any
+    epoch: int
+    alive: np.ndarray
+    diverged_epoch: np.ndarray
+    stopped_epoch: np.ndarray
+    best_epoch: np.ndarray
+    best_eval_loss: np.ndarray
+    book_best: np.ndarray
+    best_params: Params | None = None
+    best_opt_state: Any = None
+
+
 class ManyResult(NamedTuple):
-    """``params`` and ``opt_state`` stacked along the run axis (N, ...), and the history."""
+    """``params`` and ``opt_state`` stacked along the run axis (N, ...) (under ``restore="best"``
+    each run's best), the history of this call, and ``state``: the :class:`ManyState` training
+    ended with (its live params; continue it with ``fit_many(..., params=state)``)."""
 
     params: Params
     opt_state: Any
     history: ManyHistory
+    state: ManyState | None = None
 
     def run(self, i: int) -> Params:
         """The params of run ``i`` (the leading axis indexed away)."""
@@ -148,7 +189,7 @@ def fit_many(
     net: Op,
     loss: Loss,
     optimizer: Optimizer,
-    params: Params,
+    params: Params | ManyState,
     X: Any,
     y: Any,
     *,
@@ -163,14 +204,21 @@ def fit_many(
     stopping: str | None = None,
     shuffle: bool = True,
     steps_per_epoch: int | None = None,
+    callback: Callable[[dict[str, Any]], None] | None = None,
 ) -> ManyResult:
-    """Train N runs at once (see the module docstring). ``params``: stacked (N, ...) leaves
-    (:func:`init_many`); ``keys`` (N,): each run's root key; X (n, ...), y (n, ...) shared."""
-    n = _runs(keys, params)
+    """Train N runs at once (see the module docstring) and return a :class:`ManyResult`.
+    ``params``: stacked (N, ...) leaves (:func:`init_many`), or a :class:`ManyState` to continue
+    (from ``state.epoch`` to ``epochs``, with the same keys and settings); ``keys`` (N,): each
+    run's root key; X (n, ...), y (n, ...) shared. ``callback(info)``: after every period (see the
+    module docstring)."""
+    start = params if isinstance(params, ManyState) else None
+    n = _runs(keys, start.params if start is not None else params)
     epochs = check_positive_int("fit_many", "epochs", epochs)
     eval_every = check_positive_int("fit_many", "eval_every", eval_every)
     batch_size = check_positive_int("fit_many", "batch_size", batch_size)
     _check_policy(restore, stopping, eval_data)
+    if callback is not None and not callable(callback):
+        raise TypeError(f"fit_many: callback must be callable, got {type(callback).__name__}")
     rates = _rates(lr, n)
     schedule = LearningRates(lr, epochs) if rates is None else None
     Xd, yd = device_data("training", X, y)
@@ -179,14 +227,17 @@ def fit_many(
     run = _vmapped(period_kernel(net, loss, optimizer, batching))
     score = _scorer(net, loss, metrics, eval_data)
     loop = _Loop(n, rates, restore, batching.sizes())
-    p, s = params, jax.vmap(optimizer.init)(params)
-    dtype = lr_dtype(params)
-    done = 0
-    while done < epochs:
+    if start is None:
+        p, s, done = params, jax.vmap(optimizer.init)(params), 0
+    else:
+        p, s, done = start.params, start.opt_state, loop.resume(start, epochs)
+    dtype = lr_dtype(p)
+    while done < epochs and loop.alive.any():
         count = min((done // eval_every + 1) * eval_every, epochs) - done
         ids = np.arange(done, done + count, dtype=np.int32)
         lrs = _period_rates(schedule, rates, done, count, n, dtype)
         rows = np.zeros((count, 0), np.int32)
+        trained = loop.alive.copy()
         p2, s2, p_prev, s_prev, losses, finite = run(p, s, Xd, yd, ids, lrs, rows, keys)
         ok = loop.record_train(done, np.asarray(losses), np.asarray(finite))
         evaluation = score(p2) if score is not None else None
@@ -197,9 +248,9 @@ def fit_many(
             p, s = _select(stop, p_prev, p), _select(stop, s_prev, s)
         loop.keep_best(done + count, evaluation, ok & loop.alive, p, s)
         done += count
-        if not loop.alive.any():
-            break  # every run stopped or diverged
-    return loop.result(p, s, score)
+        if callback is not None:
+            callback(loop.info(done, p, s, trained, lrs, evaluation is not None, epochs))
+    return loop.result(p, s, score, done)
 
 
 def _check_policy(restore: str, stopping: str | None, eval_data: Any) -> None:
@@ -237,9 +288,67 @@ class _Loop:
         self.history.best_epoch = np.zeros(n, np.int64)
         self.train: list[np.ndarray] = []
         self.evals: list[tuple[np.ndarray, dict[str, np.ndarray]]] = []
-        self.best: tuple[Any, Any, np.ndarray] | None = None
+        self.best: tuple[Any, Any] | None = None  # restore="best": each run's best params
+        self.best_loss = np.full(n, np.inf)
         self.book_best = np.full(n, np.inf)
         self.history.stopped_epoch = np.zeros(n, np.int64)
+
+    def resume(self, start: ManyState, epochs: int) -> int:
+        """Take over a :class:`ManyState`'s bookkeeping; its epoch (checked against ``epochs``)."""
+        n = len(self.alive)
+        epoch = check_int("fit_many", "start.epoch", start.epoch, minimum=0)
+        if epoch > epochs:
+            raise ValueError(
+                f"fit_many: the start state is after epoch {epoch}, past epochs={epochs}"
+            )
+        h = self.history
+        for name in ("alive", "diverged_epoch", "stopped_epoch", "best_epoch", "best_eval_loss",
+                     "book_best"):  # fmt: skip
+            if np.shape(getattr(start, name)) != (n,):
+                raise ValueError(
+                    f"fit_many: start.{name} must have shape ({n},), one per run, got "
+                    f"{np.shape(getattr(start, name))}"
+                )
+        self.alive = np.array(start.alive, bool)
+        h.diverged_epoch = np.array(start.diverged_epoch, np.int64)
+        h.stopped_epoch = np.array(start.stopped_epoch, np.int64)
+        h.best_epoch = np.array(start.best_epoch, np.int64)
+        self.best_loss = np.array(start.best_eval_loss, np.float64)
+        self.book_best = np.array(start.book_best, np.float64)
+        if self.restore == "best" and start.best_params is not None:
+            self.best = (start.best_params, start.best_opt_state)
+        elif self.restore == "best" and (h.best_epoch > 0).any():
+            raise ValueError(
+                "fit_many: restore='best' needs start.best_params (the start state was made "
+                "with restore='last')"
+            )
+        return epoch
+
+    def state(self, epoch: int, p: Any, s: Any) -> ManyState:
+        """The bookkeeping as a :class:`ManyState` (copies: later periods do not change it)."""
+        h = self.history
+        bp, bs = self.best if self.best is not None else (None, None)
+        return ManyState(p, s, int(epoch), self.alive.copy(), h.diverged_epoch.copy(),
+                         h.stopped_epoch.copy(), h.best_epoch.copy(), self.best_loss.copy(),
+                         self.book_best.copy(), bp, bs)  # fmt: skip
+
+    def info(self, epoch: int, p: Any, s: Any, trained: np.ndarray, lrs: np.ndarray,
+             evaluated: bool, epochs: int) -> dict[str, Any]:  # fmt: skip
+        """The callback's view of the period that ended at ``epoch`` (the module docstring)."""
+        period = np.where(trained[:, None], self.train[-1], np.nan)
+        out: dict[str, Any] = {
+            "epoch": int(epoch),
+            "state": self.state(epoch, p, s),
+            "trained": trained,
+            "train_loss": period[:, -1],
+            "period_train_loss": period,
+            "lr": np.asarray(lrs[:, -1], np.float64),
+            "finished": epoch >= epochs or not self.alive.any(),
+        }
+        if evaluated:
+            value, mets = self.evals[-1]
+            out.update(eval_loss=value.copy(), metrics={k: v.copy() for k, v in mets.items()})
+        return out
 
     def _freeze(self, bad: np.ndarray, epochs: np.ndarray) -> np.ndarray:
         newly = bad & self.alive
@@ -283,25 +392,27 @@ class _Loop:
         return stop
 
     def keep_best(self, epoch: int, evaluation: Any, ok: np.ndarray, p: Any, s: Any) -> None:
-        if evaluation is None or self.restore != "best":
+        """Each run's lowest eval loss and its epoch (and, under restore="best", its params)."""
+        if evaluation is None:
             return
         value = self.evals[-1][0]
-        if self.best is None:
-            improved = ok.copy()
-            self.best = (p, s, np.where(ok, value, np.inf))
-        else:
-            bp, bs, bl = self.best
-            improved = ok & (value < bl)
-            self.best = (
-                _select(improved, p, bp),
-                _select(improved, s, bs),
-                np.where(improved, value, bl),
-            )
+        improved = ok & (value < self.best_loss)
+        self.best_loss = np.where(improved, value, self.best_loss)
         self.history.best_epoch[improved] = epoch
+        if self.restore != "best":
+            return
+        if self.best is None:
+            self.best = (p, s)
+        else:
+            bp, bs = self.best
+            self.best = (_select(improved, p, bp), _select(improved, s, bs))
 
-    def result(self, p: Any, s: Any, score: Any) -> ManyResult:
+    def result(self, p: Any, s: Any, score: Any, epoch: int) -> ManyResult:
         h = self.history
-        h.train_loss = np.concatenate(self.train, axis=1)
+        state = self.state(epoch, p, s)
+        h.train_loss = (
+            np.concatenate(self.train, axis=1) if self.train else np.zeros((len(self.alive), 0))
+        )
         if self.evals:
             h.eval_loss = np.stack([e[0] for e in self.evals], axis=1)
             h.eval_metrics = {
@@ -313,4 +424,4 @@ class _Loop:
             value, mets = score(p)
             h.final_eval_loss = np.asarray(value)
             h.final_metrics = {k: np.asarray(v) for k, v in mets.items()}
-        return ManyResult(p, s, h)
+        return ManyResult(p, s, h, state)
