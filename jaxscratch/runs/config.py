@@ -4,6 +4,7 @@ A config file (read with the standard library's :mod:`tomllib`)::
 
     name = "boston_two_hidden"    # optional; default: the file name without ".toml"
     seed = 20190501               # the one integer seed of the run
+    seeds = 1                     # N > 1: N runs, seeds seed .. seed + N - 1, in one program
     epochs = 50
     batch_size = 32
     eval_every = 10               # evaluate, log a metrics line and checkpoint every N epochs
@@ -51,6 +52,13 @@ allowed keys or values. :func:`load_config` returns the *resolved* config: a pla
 default filled in and data paths made absolute, which :func:`dumps_toml` writes back as TOML and
 :func:`validate` accepts again unchanged (the run directory keeps it, and ``--resume`` rebuilds
 the run from it). ``jaxscratch train --help`` lists every key (:func:`reference`).
+
+``seeds = N`` (default 1) trains N runs of the model at once, run ``i`` with ``seed + i``, as one
+vmapped program (:func:`jaxscratch.train.many.fit_many`; :mod:`jaxscratch.runs.seeds`) in one run
+directory. ``seeds = 1`` is dropped from the resolved config, so it is exactly a config without
+the key (the same run, the same fingerprint). With N > 1 a setting ``fit_many`` cannot honour is
+an error naming its key: ``early_stopping = "best"`` (the default; use "book" or "off") and
+``step_mode = "step"``.
 """
 
 from __future__ import annotations
@@ -125,6 +133,8 @@ STOPPING_POLICIES = ("best", "book", "off")
 
 #: the most epochs a config may ask for (a typo such as 1000000000 is an error, not a week's run)
 MAX_EPOCHS = 10**7
+#: the most runs one ``seeds = N`` config may train at once
+MAX_SEEDS = 4096
 
 
 def _stopping_check(key: str, value: Any) -> str:
@@ -142,6 +152,9 @@ def _stopping_check(key: str, value: Any) -> str:
 TOP_LEVEL: dict[str, Field] = {
     "name": Field(name_check, None, "the run name (default: the config file name)"),
     "seed": Field(int_check(0), REQUIRED, "an integer >= 0"),
+    "seeds": Field(
+        int_check(1, MAX_SEEDS), None, f"N runs, seeds seed .. seed + N - 1 (1 to {MAX_SEEDS})"
+    ),
     "epochs": Field(
         int_check(1, MAX_EPOCHS), REQUIRED, f"a positive integer, at most {MAX_EPOCHS}"
     ),
@@ -181,6 +194,24 @@ def _check_relations(cfg: dict[str, Any]) -> None:
             build_layer(layer, None)
         except (TypeError, ValueError) as e:
             raise ConfigError(f"layers[{i}]: {e}") from None
+    if cfg.get("seeds", 1) > 1:
+        _check_seeds(cfg)
+
+
+def _check_seeds(cfg: dict[str, Any]) -> None:
+    """The settings fit_many cannot honour for ``seeds = N > 1``: an error naming the key."""
+    n = cfg["seeds"]
+    if cfg["early_stopping"] == "best":
+        raise ConfigError(
+            f"early_stopping: 'best' (the default) cannot be honoured with seeds = {n} "
+            "(the runs train as one program, which has the book's rule but no patience rule); "
+            "set early_stopping = 'book' or 'off'"
+        )
+    if cfg["step_mode"] == "step":
+        raise ConfigError(
+            f"step_mode: 'step' cannot be honoured with seeds = {n} (the runs train as one "
+            "vmapped scan); set step_mode = 'auto' or 'scan'"
+        )
 
 
 def validate(raw: dict[str, Any], *, name: str | None = None, base_dir: Path | None = None) -> dict:
@@ -194,6 +225,8 @@ def validate(raw: dict[str, Any], *, name: str | None = None, base_dir: Path | N
         plugins.import_all(spec)  # first: the layers and the loss may name what they register
         raw = {**raw, "plugins": spec}
     cfg = check_table("", raw, TOP_LEVEL)
+    if cfg.get("seeds") == 1:
+        del cfg["seeds"]  # one run: exactly the config without the key (same fingerprint)
     cfg["data"] = check_data("data", raw["data"], base_dir)
     if "name" not in cfg:
         if name is None:
@@ -346,6 +379,10 @@ def reference() -> str:
         "    best: stop after `patience` evaluations without improvement; restore the best"
     )
     lines.append("    book: the book's rule every eval_every epochs; off: never stop early")
+    lines.append(
+        "  seeds: N (default 1) runs, run i with seed + i, trained at once in one run directory "
+        "(early_stopping 'book' or 'off')"
+    )
     lines.append("  loss: " + ", ".join(loss_names()))
     lines.append("[data] name = ...")
     for name, ds in DATA_SETS.items():

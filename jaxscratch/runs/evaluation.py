@@ -104,10 +104,16 @@ def evaluate(
     (``boston``, ``mnist``, ``fashion-mnist``: its ``split``), or a .csv/.npz file laid out like the
     run's data (all rows, preprocessed with the run's saved constants). Returns a dict with
     ``eval_loss``, the metrics, ``rows``, ``data``, ``epoch`` (the checkpoint's),
-    ``params_epoch`` (whose params it holds) and ``checkpoint``.
+    ``params_epoch`` (whose params it holds) and ``checkpoint``. A ``seeds = N`` run: every
+    seed's numbers (``per_seed``) and their mean (the top-level keys) and ``std`` over the seeds
+    that did not diverge (:func:`jaxscratch.runs.seeds.evaluate_seeds`).
     """
     run_dir = Path(run_dir)
     cfg = run_config(run_dir)
+    if cfg.get("seeds", 1) > 1:
+        from jaxscratch.runs.seeds import evaluate_seeds
+
+        return evaluate_seeds(run_dir, cfg, data, split, checkpoint)
     with x64(cfg):
         stats = read_json(run_dir / DATA_FILE)
         X, y, what = eval_arrays(cfg, data, split, stats)
@@ -128,7 +134,12 @@ def evaluate(
 
 
 def format_evaluation(result: dict[str, Any]) -> str:
-    """Two lines: the checkpoint and data, then the loss and metrics."""
+    """Two lines: the checkpoint and data, then the loss and metrics (a multi-seed run: the
+    mean ± std, then a line per seed)."""
+    if "per_seed" in result:
+        from jaxscratch.runs.seeds import format_seed_evaluation
+
+        return format_seed_evaluation(result)
     when = f"epoch {result['epoch']}"
     if result["params_epoch"] != result["epoch"]:
         when += f"; params restored to epoch {result['params_epoch']} by early stopping"

@@ -164,19 +164,32 @@ def load_state(
 
 
 def load_run(
-    run_dir: str | Path, checkpoint: str | Path = "final", *, optimizer_state: bool = True
+    run_dir: str | Path,
+    checkpoint: str | Path = "final",
+    *,
+    optimizer_state: bool = True,
+    run: int | None = None,
 ) -> LoadedRun:
     """Load a run directory written by ``jaxscratch train`` (see the module docstring).
 
     Returns a :class:`LoadedRun`; ``net, params, preprocessing = load_run(d)`` unpacks it.
     ``checkpoint``: ``"final"``, ``"best"``, ``"latest"`` or a manifest path.
     ``optimizer_state=False`` loads the params (and the best's params) alone; the state's
-    ``opt_state`` is then ``None``. Raises :class:`~jaxscratch.runs.rundir.RunError` for a
-    missing or corrupt run directory or checkpoint.
+    ``opt_state`` is then ``None``. ``run``: for a ``seeds = N`` run, the seed index ``I`` (its
+    seed is ``seed + I``) whose params to load, required there (a multi-seed run has no single
+    model; its state is that seed's, with the epoch of its params and no best); for a single
+    run only ``None`` or 0. Raises :class:`~jaxscratch.runs.rundir.RunError` for a missing or
+    corrupt run directory or checkpoint, and for a missing or out-of-range ``run``.
     """
     run_dir = Path(run_dir)
     cfg = run_config(run_dir)
     prep = run_preprocessing(run_dir, cfg)
+    if cfg.get("seeds", 1) > 1:
+        from jaxscratch.runs.seeds import load_seed_run
+
+        return load_seed_run(run_dir, cfg, prep, checkpoint, optimizer_state, run)
+    if run not in (None, 0):
+        raise RunError(f"{run_dir} trained one seed: run must be None or 0, got {run!r}", 2)
     manifest = resolve_checkpoint(run_dir, checkpoint)
     model = build_model(cfg)
     with x64(cfg):

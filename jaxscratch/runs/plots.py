@@ -16,7 +16,8 @@ def plot_curves(records: list[dict[str, Any]], path: Path, title: str = "") -> P
     """Train and eval loss (left) and eval metrics (right) against the epoch, as a PNG.
 
     Uses matplotlib's Agg canvas directly (no global backend state). Returns ``None`` when there
-    is nothing to plot.
+    is nothing to plot. Records of a multi-seed run (with ``per_seed`` values) plot their mean
+    with a shaded band from the smallest to the largest seed's value.
     """
     if not records:
         return None
@@ -30,7 +31,9 @@ def plot_curves(records: list[dict[str, Any]], path: Path, title: str = "") -> P
     for key, style in (("train_loss", "o-"), ("eval_loss", "s-")):
         ys = [r.get(key) for r in records]
         if any(y is not None for y in ys):
-            ax1.plot(epochs, [np.nan if y is None else y for y in ys], style, ms=3, label=key)
+            line = ax1.plot(epochs, [np.nan if y is None else y for y in ys], style, ms=3,
+                            label=key)  # fmt: skip
+            _band(ax1, epochs, records, key, line[0].get_color())
     losses = [r.get(k) for r in records for k in ("train_loss", "eval_loss")]
     values: list[float] = [v for v in losses if v is not None and math.isfinite(v)]
     if values and min(values) > 0 and max(values) < 1e100:  # a diverging run: linear scale
@@ -41,7 +44,8 @@ def plot_curves(records: list[dict[str, Any]], path: Path, title: str = "") -> P
     ax1.grid(alpha=0.3)
     metric_keys = [k for k in ("accuracy", "mae", "rmse") if k in records[-1]]
     for k in metric_keys:
-        ax2.plot(epochs, [r.get(k, np.nan) for r in records], "o-", ms=3, label=k)
+        line = ax2.plot(epochs, [r.get(k, np.nan) for r in records], "o-", ms=3, label=k)
+        _band(ax2, epochs, records, k, line[0].get_color())
     ax2.set_xlabel("epoch")
     ax2.set_ylabel("eval metric")
     if metric_keys:
@@ -54,3 +58,17 @@ def plot_curves(records: list[dict[str, Any]], path: Path, title: str = "") -> P
         fig.tight_layout()
         fileio.atomic_write(Path(path), lambda f: fig.savefig(f, format="png"))
     return Path(path)
+
+
+def _band(ax: Any, epochs: list[int], records: list[dict[str, Any]], key: str, color: Any) -> None:
+    """Shade min..max of the records' ``per_seed[key]`` values (multi-seed runs only)."""
+    rows = [r.get("per_seed", {}).get(key) for r in records]
+    if not any(rows):
+        return
+    values = np.array(
+        [[np.nan if v is None else v for v in row] if row else [np.nan] for row in rows], float
+    )
+    with warnings.catch_warnings():  # an epoch at which no run was evaluated: an all-NaN row
+        warnings.simplefilter("ignore", RuntimeWarning)
+        lo, hi = np.nanmin(values, axis=1), np.nanmax(values, axis=1)
+    ax.fill_between(epochs, lo, hi, color=color, alpha=0.2, linewidth=0)

@@ -229,9 +229,12 @@ def predict_run(
     *,
     checkpoint: str | Path = "final",
     force: bool = False,
+    seed_index: int | None = None,
 ) -> dict[str, Any]:
     """Predict ``data`` (.npy/.npz/.csv raw rows) with a run's checkpoint and write ``out``
-    (.csv/.npy); see the module docstring for the layouts.
+    (.csv/.npy); see the module docstring for the layouts. ``seed_index``: which seed of a
+    ``seeds = N`` run predicts (required there; :func:`~jaxscratch.runs.loader.load_run`'s
+    ``run``).
 
     Returns ``{"rows", "columns", "output_shape", "task", "non_finite_rows", "labelled_rows",
     "epoch" (the checkpoint's), "params_epoch" (whose params), "checkpoint", "data", "out"}``.
@@ -239,7 +242,11 @@ def predict_run(
     """
     data, out = Path(data), Path(out)
     _check_out(out, data, force)
-    run = load_run(run_dir, checkpoint, optimizer_state=False)
+    try:
+        run = load_run(run_dir, checkpoint, optimizer_state=False, run=seed_index)
+    except RunError as e:  # name the command line's option, not load_run's argument
+        text = str(e).replace("pass run=I", "pass --seed-index I")
+        raise RunError(text.replace("run must be", "--seed-index must be"), e.exit_code) from None
     stats = read_json(Path(run_dir) / DATA_FILE)
     X, labelled = read_rows(data, run.config, stats, run.preprocessing.n_features)
     pred = _outputs(run, X, data)
@@ -293,6 +300,7 @@ PREDICT_EPILOG = """\
   softmax probabilities) or .npy (the raw outputs). An existing file is kept unless --force.
 
 --checkpoint: final (default; the params the summary reports), best, latest, or a manifest path.
+--seed-index I: a run trained with seeds = N holds N models; I (0..N-1) picks seed + I.
 
 exit status: 0 written (non-finite predictions are written and counted), 1 corrupt or
 mismatched checkpoint, 2 usage or data error (also: --out exists)."""
@@ -302,9 +310,8 @@ def run_predict(args: argparse.Namespace) -> int:
     """The ``predict`` handler: one summary line on stdout, or ``jaxscratch predict: message``
     on stderr for a :class:`RunError`; returns the exit status."""
     try:
-        result = predict_run(
-            args.run_dir, args.data, args.out, checkpoint=args.checkpoint, force=args.force
-        )
+        result = predict_run(args.run_dir, args.data, args.out, checkpoint=args.checkpoint,
+                             force=args.force, seed_index=args.seed_index)  # fmt: skip
     except RunError as e:
         print(f"jaxscratch predict: {e}", file=sys.stderr)
         return e.exit_code
@@ -332,4 +339,10 @@ def add_predict_parser(sub: argparse._SubParsersAction) -> None:
         help="which checkpoint (default: final)",
     )
     p.add_argument("--force", action="store_true", help="replace an existing --out file")
+    p.add_argument(
+        "--seed-index",
+        type=int,
+        metavar="I",
+        help="a run of seeds = N: predict with seed index I (seed + I, 0..N-1); required there",
+    )
     p.set_defaults(func=run_predict)

@@ -17,6 +17,9 @@ the data arrays, hashed): a resume whose config or data differ is refused, namin
 unless ``allow_changed=True``, which records the changes (``resumed_with_changes``). SIGINT and
 SIGTERM only set a flag (safe during a compilation); the run stops at the next evaluation with
 its checkpoint saved, status ``"interrupted"`` (exit 130) or ``"terminated"`` (exit 143).
+
+A config with ``seeds = N > 1`` runs in :class:`~jaxscratch.runs.seeds.ManySession` (the same run
+directory, lock, fingerprint and signals; N runs trained by ``fit_many``).
 """
 
 from __future__ import annotations
@@ -228,6 +231,13 @@ class _Session:
             raise RunError(f"--resume {self.run_dir}: no checkpoint in {self.ckpt_dir}")
         self.check_changes(manifest, allow_changed)
         try:
+            seeds = ckpt.read_manifest(manifest)["meta"].get("seeds", 1)
+        except ckpt.CheckpointError:
+            seeds = 1  # loading it reports the problem
+        if seeds != 1:
+            raise RunError(f"cannot resume: checkpoint {manifest} holds {seeds} seeds, the "
+                           "config trains one (seeds cannot change on a resume)")  # fmt: skip
+        try:
             state = load_state(manifest, self.model, self.cfg, self.in_shape, optimizer=True)
         except RunError as e:
             others = [m.name for m in ckpt.manifests(self.ckpt_dir) if m != manifest]
@@ -314,10 +324,14 @@ class _Session:
             msg = f"evaluation after epoch {e.epoch} gave {e.name} = {e.value}; {where}"
         return {"error": msg, "diverged": d}
 
+    def summary(self, status: str, wall: float) -> dict[str, Any]:
+        """The summary dict of the newest checkpoint (:func:`~jaxscratch.runs.summary.summarize`)."""
+        return summarize(self.cfg, self.run_dir, status, self.manifest, self.meta, wall)
+
     def finish(self, status: str, extra: dict[str, Any]) -> dict[str, Any]:
         """Write the plot and ``summary.json``; print the summary; return it."""
         records = read_metrics(self.log.path)
-        summary = summarize(self.cfg, self.run_dir, status, self.manifest, self.meta, self.wall())
+        summary = self.summary(status, self.wall())
         summary.update(resumed_from=self.resumed_from, **extra)
         if self.plugins:
             summary["plugins"] = self.plugins
@@ -368,7 +382,7 @@ def train(
         else:
             check_empty(run_dir)
         with x64(cfg), Signals() as signals:
-            session = _Session(cfg, run_dir, out, stop_after, signals, data)
+            session = _session_class(cfg)(cfg, run_dir, out, stop_after, signals, data)
             if resume:
                 return _resume(session, allow_changed)
             return session.finish(*session.fit(session.fresh()))
@@ -378,6 +392,16 @@ def train(
         raise
     finally:
         lock.release()
+
+
+def _session_class(cfg: dict[str, Any]) -> type[_Session]:
+    """The single-run session, or :class:`~jaxscratch.runs.seeds.ManySession` for a config with
+    ``seeds = N > 1`` (N runs in one program, one run directory)."""
+    if cfg.get("seeds", 1) == 1:
+        return _Session
+    from jaxscratch.runs.seeds import ManySession
+
+    return ManySession
 
 
 def _run_dir(
@@ -408,8 +432,7 @@ def _resume(session: _Session, allow_changed: bool) -> dict[str, Any]:
             out.write(f"writing its missing {SUMMARY_FILE} / {PLOT_FILE}\n")
             session.t0 = time.perf_counter()
             return session.finish("completed", {})
-        return summarize(cfg, run_dir, "completed", session.manifest, session.meta,
-                         session.elapsed0)  # fmt: skip
+        return session.summary("completed", session.elapsed0)
     out.write(
         f"resuming {cfg['name']} from epoch {state.epoch} ({session.manifest}); "
         f"{cfg['epochs'] - state.epoch} epochs to go\n"
