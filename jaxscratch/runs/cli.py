@@ -3,8 +3,9 @@
 * ``jaxscratch --version``: the package version.
 * ``jaxscratch gradcheck [OPS...] [--import MODULE]``: the gradient oracle over the op registry
   (and over the ops a plugin module registers), a row per op as it finishes.
-* ``jaxscratch predict RUN_DIR --data FILE --out PREDS.csv``: a run's predictions on new rows
-  (.npy, .npz or .csv, labelled or not), with the run's own preprocessing.
+* ``jaxscratch predict RUN_DIR --data FILE --out PREDS.csv [--seed-index I]``: a run's
+  predictions on new rows (.npy, .npz or .csv, labelled or not), with the run's own
+  preprocessing (``--seed-index``: which seed of a ``seeds = N`` run; required there).
 * ``jaxscratch list [--import MODULE] [--json]``: every name a config may use.
 * ``jaxscratch train CONFIG.toml [--run-dir DIR]``: a scripted training run (see
   :mod:`jaxscratch.runs.config` for the file, :mod:`jaxscratch.runs.rundir` for the run directory).
@@ -19,7 +20,8 @@ path moves it.
 A user error (a bad argument, config, data file, run directory or checkpoint) is one line on
 stderr, ``jaxscratch COMMAND: message``, and an exit status, never a traceback. Exit status: 0
 success; 1 a failed run (diverged, corrupt or mismatched checkpoint, a failed gradient check); 2 a
-usage, config or data error (a busy run directory, a resume of a changed config or data); 130
+usage, config or data error (a busy run directory, a resume of a changed config or data); a
+``seeds = N`` run exits 1 only when every seed diverged; 130
 interrupted by SIGINT (Ctrl-C), 143 by SIGTERM (the run stops at its next checkpoint, which is
 kept, and can be resumed).
 """
@@ -174,11 +176,19 @@ per evaluation), checkpoints/ (the whole training state after every evaluation, 
 with sha256; the latest two and the best evaluated one are kept), loss_curves.png and
 summary.json (whose "final" numbers are those of the final checkpoint's params).
 
-exit status: 0 done (or stopped by --stop-after), 1 diverged or failed, 2 usage/config/data error
-(also: the run directory is busy, or a resume whose config or data changed), 130 interrupted
-(SIGINT), 143 terminated (SIGTERM); resume either with --resume RUN_DIR."""
+seeds = N (default 1): N runs, run i with seed + i, trained at once into one run directory
+(per-seed values and their mean and std in metrics.jsonl and summary.json; early_stopping "book"
+or "off"). A seed that diverges is frozen, named and left out of the mean.
+
+exit status: 0 done (or stopped by --stop-after), 1 diverged or failed (seeds = N: every seed
+diverged), 2 usage/config/data error (also: the run directory is busy, or a resume whose config
+or data changed), 130 interrupted (SIGINT), 143 terminated (SIGTERM); resume either with
+--resume RUN_DIR."""
 
 EVALUATE_EPILOG = """\
+A run of seeds = N: every seed's numbers and their mean ± std over the seeds that did not
+diverge (no "best" checkpoint: each seed's best epoch is in summary.json).
+
 --data takes a data set name (boston, mnist, fashion-mnist: its --split) or a .csv/.npz file laid
 out like the run's training data (all of its rows, preprocessed with the run's saved constants;
 an .npz holds X and y, or X_test and y_test).

@@ -152,9 +152,6 @@ def _stopping_check(key: str, value: Any) -> str:
 TOP_LEVEL: dict[str, Field] = {
     "name": Field(name_check, None, "the run name (default: the config file name)"),
     "seed": Field(int_check(0), REQUIRED, "an integer >= 0"),
-    "seeds": Field(
-        int_check(1, MAX_SEEDS), None, f"N runs, seeds seed .. seed + N - 1 (1 to {MAX_SEEDS})"
-    ),
     "epochs": Field(
         int_check(1, MAX_EPOCHS), REQUIRED, f"a positive integer, at most {MAX_EPOCHS}"
     ),
@@ -164,6 +161,10 @@ TOP_LEVEL: dict[str, Field] = {
     "patience": Field(int_check(1), 1, "evaluations without improvement before a 'best' stop"),
     "dtype": Field(choice_check(["float64", "float32"]), "float64"),
     "step_mode": Field(choice_check(["auto", "scan", "step"]), "auto"),
+    # seeds sits here, not beside seed: the listed order of the keys before it is relied upon
+    "seeds": Field(
+        int_check(1, MAX_SEEDS), None, f"N runs, seeds seed .. seed + N - 1 (1 to {MAX_SEEDS})"
+    ),
     "loss": Field(choice_check(loss_names), REQUIRED, "a loss name"),
     "data": Field(lambda k, v: v, REQUIRED, "a [data] table"),
     "layers": Field(check_layers, REQUIRED, "[[layers]] tables"),

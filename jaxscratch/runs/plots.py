@@ -40,7 +40,8 @@ def plot_curves(records: list[dict[str, Any]], path: Path, title: str = "") -> P
         ax1.set_yscale("log")
     ax1.set_xlabel("epoch")
     ax1.set_ylabel("loss")
-    ax1.legend()
+    if ax1.get_legend_handles_labels()[0]:  # every seed diverged: nothing evaluated to label
+        ax1.legend()
     ax1.grid(alpha=0.3)
     metric_keys = [k for k in ("accuracy", "mae", "rmse") if k in records[-1]]
     for k in metric_keys:

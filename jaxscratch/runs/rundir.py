@@ -13,6 +13,10 @@ A run directory holds::
     summary.json       status, epochs, the final checkpoint and its metrics, the best epoch
     .lock              the pid of the process writing the run (held with ``flock`` while it does)
 
+A ``seeds = N`` run keeps the same files, with per-seed values and their mean and std in
+``metrics.jsonl`` and ``summary.json`` and the N runs' stacked state in each checkpoint
+(:mod:`jaxscratch.runs.seeds`).
+
 Every file is written atomically (:mod:`jaxscratch.fileio`); the metrics log is appended one
 fsync'd line at a time, and a torn last line (a run killed mid-write) is skipped when read.
 
