@@ -80,7 +80,8 @@ def mean_std(values: Any, include: Any = None) -> tuple[float | None, float | No
     k = int(keep.sum())
     if k == 0:
         return None, None, 0
-    return float(v[keep].mean()), (float(v[keep].std(ddof=1)) if k > 1 else None), k
+    with np.errstate(over="ignore"):  # a run near overflow: its std is inf, said as it is
+        return float(v[keep].mean()), (float(v[keep].std(ddof=1)) if k > 1 else None), k
 
 
 def _floats(a: Any) -> list[float | None]:
