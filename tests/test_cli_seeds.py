@@ -6,17 +6,20 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import tomllib
 from pathlib import Path
+from types import SimpleNamespace
 
 import jax
 import numpy as np
 import pytest
 
-from jaxscratch.runs import checkpoint, config, seeds
+from jaxscratch.runs import checkpoint, config, seed_report, seeds
 from jaxscratch.runs.cli import main
 from jaxscratch.runs.loader import load_run
+from jaxscratch.runs.progress import format_record
 from jaxscratch.runs.rundir import RunError, fingerprint
 
 SMALL = """\
@@ -251,9 +254,40 @@ def test_a_diverged_seed_is_named_and_left_out_of_the_mean(tmp_path, capsys):
     meta["many"]["diverged_epoch"] = [0, 3, 0]  # as if only seed 12 had diverged
     meta["evaluation"]["per_seed"]["mae"] = [2.0, 9.0, 4.0]
     cfg_dict = config.load_config(run / "config.toml")
-    one = seeds.many_summary(cfg_dict, run, "completed", None, meta, 1.0)
+    one = seed_report.many_summary(cfg_dict, run, "completed", None, meta, 1.0)
     assert one["final"]["mae"] == 3.0 and one["final_std"]["mae"] == pytest.approx(2**0.5)
     assert one["final_runs"] == 2 and one["diverged_seeds"] == [12]
     assert one["per_seed"][1]["params_epoch"] == 2  # frozen at the start of epochs 3..4
-    text = seeds.format_many_summary(one)
+    text = seed_report.format_many_summary(one)
     assert "mean ± std over 2 of 3" in text and "12 at epoch 3" in text
+
+
+def test_the_progress_line_of_a_period_with_no_run_evaluated_says_n_a():
+    """A period in which no run was evaluated (each mean None): the progress line says n/a and
+    how many runs it covers (0/3), never None; a period with one run has its mean alone."""
+    keys = ("train_loss", "eval_loss", "mae")
+    record = {"epoch": 4, "lr": 0.01, **dict.fromkeys(keys), "std": dict.fromkeys(keys),
+              "runs": 0, "wall_time": 1.5}  # fmt: skip
+    line = format_record(seeds.ManySession.display(SimpleNamespace(n=3), record), 6)
+    assert "None" not in line and "eval_loss n/a" in line and "runs 0/3" in line, line
+    record.update(eval_loss=2.5, runs=1)
+    line = format_record(seeds.ManySession.display(SimpleNamespace(n=3), record), 6)
+    assert "eval_loss 2.5  " in line and "runs 1/3" in line, line
+
+
+def test_resume_from_a_corrupt_newest_checkpoint_names_the_older_one(multi, tmp_path, capsys):
+    """--resume of a multi-seed run whose newest .npz is corrupt: exit 1 naming the file and,
+    as a single run does, the older checkpoint to fall back on."""
+    run = tmp_path / "copy"
+    shutil.copytree(multi, run)
+    newest = checkpoint.latest(run / "checkpoints")
+    older = [m.name for m in checkpoint.manifests(run / "checkpoints") if m != newest]
+    assert older
+    npz = newest.with_suffix(".npz")
+    data = bytearray(npz.read_bytes())
+    data[200] ^= 0x10
+    npz.write_bytes(bytes(data))
+    assert main(["train", "--resume", str(run)]) == 1
+    err = capsys.readouterr().err
+    assert str(npz) in err and f"older checkpoints: {', '.join(older)}" in err, err
+    assert f"delete {newest.name} to resume from the one before it" in err

@@ -137,7 +137,7 @@ def format_evaluation(result: dict[str, Any]) -> str:
     """Two lines: the checkpoint and data, then the loss and metrics (a multi-seed run: the
     mean ± std, then a line per seed)."""
     if "per_seed" in result:
-        from jaxscratch.runs.seeds import format_seed_evaluation
+        from jaxscratch.runs.seed_report import format_seed_evaluation
 
         return format_seed_evaluation(result)
     when = f"epoch {result['epoch']}"

@@ -1,5 +1,10 @@
 """``seeds = N``: N runs of one config trained at once, in one run directory.
 
+This module holds the training (:class:`ManySession`), the checkpoints of a
+:class:`~jaxscratch.train.many.ManyState` (:func:`save_many` / :func:`load_many`), and loading or
+evaluating one seed or every seed of a finished run (:func:`load_seed_run`,
+:func:`evaluate_seeds`); what the run reports is in :mod:`jaxscratch.runs.seed_report`.
+
 Run ``i`` (0-based) is the config's run with ``seed + i``: its init and fit keys are
 ``jax.random.split(jax.random.key(seed + i))``, as a single run draws them, and it trains in
 :func:`jaxscratch.train.many.fit_many`, which vmaps the very period kernel ``fit`` compiles, so
@@ -19,12 +24,10 @@ The run directory has the single run's files; what differs:
 * ``summary.json``: ``per_seed`` (each seed's final metrics, the epoch of its params, best /
   stopped / diverged epochs), ``final`` / ``final_std`` / ``final_runs``.
 
-Policy for a diverged seed: fit_many freezes it (it keeps the params from the start of the period
-in which it went non-finite) and the others train on. It is named in ``diverged_seeds`` and in
-the printed summary, and the final mean ± std are over the seeds that did not diverge
-(``final_runs`` of ``runs``; a diverged seed's frozen params would describe an unfinished run).
-When every seed diverged the run's status is ``"diverged"`` (exit 1). A seed stopped by the
-book's rule counts: its params are the ones the rule returns.
+A seed that goes non-finite is frozen by fit_many and the others train on; the summary leaves it
+out of the mean ± std (the policy, the summary and the printed reports are in
+:mod:`jaxscratch.runs.seed_report`). When every seed diverged the run's status is
+``"diverged"`` (exit 1).
 
 ``evaluate`` reports every seed and the mean ± std (same policy); ``predict`` and ``load_run``
 need one seed (``--seed-index I`` / ``run=I``); a multi-seed run keeps no "best" checkpoint (each
@@ -33,7 +36,6 @@ seed's best epoch differs; they are in ``summary.json``).
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +45,7 @@ import numpy as np
 from jaxscratch.runs import checkpoint as ckpt
 from jaxscratch.runs import config as cfgmod
 from jaxscratch.runs.plots import plot_curves
-from jaxscratch.runs.progress import Progress, fmt
+from jaxscratch.runs.progress import Progress
 from jaxscratch.runs.rundir import (
     CONFIG_FILE,
     DATA_FILE,
@@ -53,6 +55,15 @@ from jaxscratch.runs.rundir import (
     read_metrics,
     write_json,
 )
+from jaxscratch.runs.seed_report import (
+    floats,
+    format_many_summary,
+    many_summary,
+    mean_pm,
+    mean_std,
+    params_epochs,
+    seed_count,
+)
 from jaxscratch.runs.session import METRIC_KEYS, Signals, _Session, _Signalled, _StopRequested
 from jaxscratch.train.many import ManyState, fit_many, init_many
 from jaxscratch.train.state import TrainState
@@ -60,32 +71,11 @@ from jaxscratch.train.state import TrainState
 KEYS = ("train_loss", "eval_loss", *METRIC_KEYS)
 
 
-def seed_count(cfg: dict[str, Any]) -> int:
-    """How many runs a resolved config trains (its ``seeds``; 1 when absent)."""
-    return int(cfg.get("seeds", 1))
-
-
 def many_keys(seed: int, n: int) -> tuple[jax.Array, jax.Array]:
     """``(init_keys (n,), fit_keys (n,))``: run ``i``'s are those of a single run with
     ``seed + i`` (``jax.random.split(jax.random.key(seed + i))``)."""
     pairs = [jax.random.split(jax.random.key(seed + i)) for i in range(n)]
     return jax.numpy.stack([p[0] for p in pairs]), jax.numpy.stack([p[1] for p in pairs])
-
-
-def mean_std(values: Any, include: Any = None) -> tuple[float | None, float | None, int]:
-    """``(mean, sample std (ddof 1), count)`` of the finite ``values`` where ``include`` (N,)
-    is True; None for a mean of nothing and a std of fewer than two values."""
-    v = np.asarray(values, np.float64)
-    keep = np.isfinite(v) & (True if include is None else np.asarray(include, bool))
-    k = int(keep.sum())
-    if k == 0:
-        return None, None, 0
-    with np.errstate(over="ignore"):  # a run near overflow: its std is inf, said as it is
-        return float(v[keep].mean()), (float(v[keep].std(ddof=1)) if k > 1 else None), k
-
-
-def _floats(a: Any) -> list[float | None]:
-    return [float(x) if math.isfinite(float(x)) else None for x in np.asarray(a, np.float64)]
 
 
 def _as_array(values: list, dtype: Any) -> np.ndarray:
@@ -110,8 +100,8 @@ def save_many(
     many = {name: np.asarray(getattr(state, name)).tolist() for name in BOOKKEEPING}
     many.update(
         epoch=int(state.epoch),
-        best_eval_loss=_floats(state.best_eval_loss),
-        book_best=_floats(state.book_best),
+        best_eval_loss=floats(state.best_eval_loss),
+        book_best=floats(state.book_best),
         has_best=state.best_params is not None,
     )
     return ckpt.save(directory, epoch, trees, {**meta, "many": many}, keep=keep)
@@ -169,22 +159,6 @@ def load_many(
         trees.get("best_opt_state"),
     )
     return state, meta
-
-
-def params_epochs(meta: dict[str, Any], cfg: dict[str, Any]) -> list[int]:
-    """The epoch whose params each run holds in a checkpoint: a book-rule stop's restored epoch
-    (the stop's epoch - 1), a diverged run's frozen epoch (the start of the period in which it
-    diverged), else the epoch training reached."""
-    many, every = meta["many"], cfg["eval_every"]
-    out = []
-    for stopped, diverged in zip(many["stopped_epoch"], many["diverged_epoch"], strict=True):
-        if diverged:
-            out.append(((diverged - 1) // every) * every)
-        elif stopped:
-            out.append(stopped - 1)
-        else:
-            out.append(int(many["epoch"]))
-    return out
 
 
 def run_state(state: ManyState, i: int, epoch: int, cfg: dict[str, Any]) -> TrainState:
@@ -294,26 +268,6 @@ def evaluate_seeds(
     return result
 
 
-def format_seed_evaluation(result: dict[str, Any]) -> str:
-    """The checkpoint and data, the mean ± std, then a line per seed."""
-    keys = [k for k in ("eval_loss", "accuracy", "mae", "rmse") if k in result]
-    n = result["seeds"]
-    lines = [
-        f"checkpoint {result['checkpoint']} (epoch {result['epoch']}, {n} seeds), "
-        f"data: {result['data']}",
-        f"mean ± std over {result['runs']} of {n} seeds: "
-        + "  ".join(f"{k} {_mean_pm(result[k], result['std'][k])}" for k in keys),
-    ]
-    for r in result["per_seed"]:
-        note = f"  (diverged at epoch {r['diverged_epoch']})" if r["diverged_epoch"] else ""
-        lines.append(
-            f"  seed {r['seed']} (params of epoch {r['params_epoch']}): "
-            + "  ".join(f"{k} {fmt(r[k])}" for k in keys)
-            + note
-        )
-    return "\n".join(lines)
-
-
 # ------------------------------------------------------------------------------------------------
 # The session
 # ------------------------------------------------------------------------------------------------
@@ -371,7 +325,7 @@ class ManySession(_Session):
         try:
             state, meta = load_many(manifest, self.model, self.cfg, self.in_shape)
         except RunError as e:
-            raise RunError(f"cannot resume: {e}") from None
+            raise RunError(f"cannot resume: {e}{self.older_checkpoints(manifest)}") from None
         self.manifest, self.meta = manifest, meta
         self.elapsed0 = float(meta.get("wall_time", 0.0))
         self.resumed_from = ckpt.manifest_epoch(manifest)
@@ -388,7 +342,7 @@ class ManySession(_Session):
         for k, v in per.items():
             rec[k], std[k], _ = mean_std(v, evaluated)
         rec.update(std=std, runs=int(evaluated.sum()))
-        rec["per_seed"] = {k: _floats(v) for k, v in per.items()}
+        rec["per_seed"] = {k: floats(v) for k, v in per.items()}
         rec["wall_time"] = self.wall()
         return rec
 
@@ -407,12 +361,12 @@ class ManySession(_Session):
             raise _StopRequested
 
     def display(self, record: dict[str, Any]) -> dict[str, Any]:
-        """The printed line's fields: each mean ± std, and how many runs they cover."""
+        """The printed line's fields: each mean ± std (``n/a`` where no run was evaluated), and
+        how many runs they cover."""
         shown: dict[str, Any] = {"epoch": record["epoch"], "lr": record["lr"]}
         for k in KEYS:
             if k in record:
-                s = record["std"][k]
-                shown[k] = fmt(record[k]) + (f" ± {s:.3g}" if s is not None else "")
+                shown[k] = mean_pm(record[k], record["std"][k])
         shown["runs"] = f"{record['runs']}/{self.n}"
         shown["wall_time"] = record["wall_time"]
         return shown
@@ -443,7 +397,7 @@ class ManySession(_Session):
             progress.close()
         h = result.history
         final = {"eval_loss": h.final_eval_loss, **(h.final_metrics or {})}
-        per_seed = {k: _floats(v) for k, v in final.items() if v is not None}
+        per_seed = {k: floats(v) for k, v in final.items() if v is not None}
         assert result.state is not None  # fit_many always returns its state
         reached = result.state.epoch
         self.save(reached, result.state, {"epoch": reached, "per_seed": per_seed}, finished=True)
@@ -474,120 +428,3 @@ class ManySession(_Session):
         write_json(self.run_dir / SUMMARY_FILE, summary)
         self.out.write(format_many_summary(summary) + "\n")
         return summary
-
-
-# ------------------------------------------------------------------------------------------------
-# The summary
-# ------------------------------------------------------------------------------------------------
-
-
-def many_summary(
-    cfg: dict[str, Any],
-    run_dir: Path,
-    status: str,
-    manifest: Path | None,
-    meta: dict[str, Any],
-    wall_time: float,
-) -> dict[str, Any]:
-    """The summary of a multi-seed run whose newest checkpoint is ``manifest`` (its ``meta``):
-    every number read from that checkpoint (the module docstring for the policy)."""
-    n = seed_count(cfg)
-    seeds = [cfg["seed"] + i for i in range(n)]
-    epoch = ckpt.manifest_epoch(manifest) if manifest is not None else 0
-    many = meta.get("many") or {}
-    evaluation = (meta.get("evaluation") or {}).get("per_seed") or {}
-    finals = {k: np.array([np.nan if v is None else v for v in vals], np.float64)
-              for k, vals in evaluation.items() if k != "train_loss"}  # fmt: skip
-    diverged = np.array(many.get("diverged_epoch", [0] * n), np.int64)
-    stopped = np.array(many.get("stopped_epoch", [0] * n), np.int64)
-    kept = diverged == 0
-    final: dict[str, float | None] = {}
-    final_std: dict[str, float | None] = {}
-    count = int(kept.sum())
-    for k, v in finals.items():
-        final[k], final_std[k], _ = mean_std(v, kept)
-    epochs = params_epochs(meta, cfg) if many else [epoch] * n
-    per_seed = []
-    for i, seed in enumerate(seeds):
-        best = many.get("best_eval_loss", [None] * n)[i]
-        per_seed.append(
-            {
-                "seed": seed,
-                "final": {
-                    k: (None if not np.isfinite(v[i]) else float(v[i])) for k, v in finals.items()
-                },  # fmt: skip
-                "params_epoch": epochs[i],
-                "best_epoch": (many.get("best_epoch", [0] * n)[i] or None),
-                "best_eval_loss": best,
-                "stopped_epoch": int(stopped[i]) or None,
-                "diverged_epoch": int(diverged[i]) or None,
-            }
-        )
-    return {
-        "name": cfg["name"],
-        "status": status,
-        "epochs": cfg["epochs"],
-        "epochs_done": epoch,
-        "runs": n,
-        "seeds": seeds,
-        "final": final or None,
-        "final_std": final_std or None,
-        "final_runs": count,
-        "final_policy": "mean and sample std (ddof 1) over the seeds that did not diverge",
-        "per_seed": per_seed,
-        "stopped_seeds": [s for s, e in zip(seeds, stopped, strict=True) if e],
-        "diverged_seeds": [s for s, e in zip(seeds, diverged, strict=True) if e],
-        "stopped_early": bool(stopped.any()),
-        "checkpoint": str(manifest) if manifest else None,
-        "checkpoint_epoch": epoch,
-        "wall_time": round(wall_time, 3),
-        "run_dir": str(run_dir),
-    }
-
-
-def _mean_pm(mean: float | None, std: float | None) -> str:
-    if mean is None:
-        return "n/a"
-    return fmt(mean) + (f" ± {std:.3g}" if std is not None else "")
-
-
-def format_many_summary(summary: dict[str, Any]) -> str:
-    """A few human-readable lines from a :func:`many_summary` dict."""
-    from jaxscratch.runs.summary import format_summary
-
-    s = summary
-    n, seeds = s["runs"], s["seeds"]
-    head = format_summary(
-        {k: v for k, v in s.items() if k not in ("final", "stopped_early", "checkpoint", "plot")}
-    ).splitlines()
-    if s["status"] == "diverged":
-        head[0] = (
-            f"summary: every one of the {n} seeds diverged (after {s['wall_time']:.1f} s); "
-            f"each froze at its last finite period (per_seed in summary.json)"
-        )
-    lines = [head[0]]
-    final, std = s.get("final") or {}, s.get("final_std") or {}
-    if final:
-        rest = "  ".join(f"{k} {_mean_pm(final[k], std.get(k))}" for k in final)
-        lines.append(
-            f"  {n} seeds ({seeds[0]}..{seeds[-1]}), final params, mean ± std over "
-            f"{s['final_runs']} of {n}: {rest}"
-        )
-    by_seed = {p["seed"]: p for p in s["per_seed"]}
-    if s["stopped_seeds"]:
-        where = ", ".join(f"{x} at epoch {by_seed[x]['stopped_epoch']}" for x in s["stopped_seeds"])
-        lines.append(
-            f"  the book's rule stopped {len(s['stopped_seeds'])} of {n} seeds "
-            f"(each restored to the start of that epoch): {where}"
-        )
-    if s["diverged_seeds"]:
-        where = ", ".join(
-            f"{x} at epoch {by_seed[x]['diverged_epoch']}" for x in s["diverged_seeds"]
-        )
-        lines.append(f"  diverged (frozen; left out of the mean ± std): {where}")
-    if s.get("checkpoint"):
-        lines.append(f"  checkpoint: {s['checkpoint']} (epoch {s['checkpoint_epoch']})")
-    if s.get("plot"):
-        lines.append(f"  plot: {s['plot']}")
-    lines += [line for line in head[1:] if not line.startswith("  early stopping")]
-    return "\n".join(lines)

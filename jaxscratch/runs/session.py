@@ -224,6 +224,17 @@ class _Session:
         self.out.write(f"resuming with changes (--allow-changed): {what}\n")
         self.changes += [k for k in found if k not in self.changes]
 
+    def older_checkpoints(self, manifest: Path) -> str:
+        """The hint after a newest checkpoint that cannot be loaded: the older checkpoints to
+        fall back on (empty when there are none)."""
+        others = [m.name for m in ckpt.manifests(self.ckpt_dir) if m != manifest]
+        if not others:
+            return ""
+        return (
+            f"\n(older checkpoints: {', '.join(others)}; delete {manifest.name} to resume "
+            "from the one before it)"
+        )
+
     def resumed(self, allow_changed: bool = False) -> TrainState:
         """The state of the newest checkpoint; the metrics log cut back to its epoch."""
         manifest = ckpt.latest(self.ckpt_dir)
@@ -240,14 +251,7 @@ class _Session:
         try:
             state = load_state(manifest, self.model, self.cfg, self.in_shape, optimizer=True)
         except RunError as e:
-            others = [m.name for m in ckpt.manifests(self.ckpt_dir) if m != manifest]
-            hint = (
-                f"\n(older checkpoints: {', '.join(others)}; delete {manifest.name} to resume "
-                "from the one before it)"
-                if others
-                else ""
-            )
-            raise RunError(f"cannot resume: {e}{hint}") from None
+            raise RunError(f"cannot resume: {e}{self.older_checkpoints(manifest)}") from None
         self.manifest, self.meta = manifest, ckpt.read_manifest(manifest)["meta"]
         self.elapsed0 = float(self.meta.get("wall_time", 0.0))
         self.resumed_from = ckpt.manifest_epoch(manifest)

@@ -213,12 +213,9 @@ def fit_many(
     module docstring)."""
     start = params if isinstance(params, ManyState) else None
     n = _runs(keys, start.params if start is not None else params)
-    epochs = check_positive_int("fit_many", "epochs", epochs)
-    eval_every = check_positive_int("fit_many", "eval_every", eval_every)
-    batch_size = check_positive_int("fit_many", "batch_size", batch_size)
-    _check_policy(restore, stopping, eval_data)
-    if callback is not None and not callable(callback):
-        raise TypeError(f"fit_many: callback must be callable, got {type(callback).__name__}")
+    epochs, eval_every, batch_size = _check_settings(
+        epochs, eval_every, batch_size, restore, stopping, eval_data, callback
+    )
     rates = _rates(lr, n)
     schedule = LearningRates(lr, epochs) if rates is None else None
     Xd, yd = device_data("training", X, y)
@@ -251,6 +248,21 @@ def fit_many(
         if callback is not None:
             callback(loop.info(done, p, s, trained, lrs, evaluation is not None, epochs))
     return loop.result(p, s, score, done)
+
+
+def _check_settings(
+    epochs: int, eval_every: int, batch_size: int, restore: str, stopping: str | None,
+    eval_data: Any, callback: Any,
+) -> tuple[int, int, int]:  # fmt: skip
+    """fit_many's settings checked: ``(epochs, eval_every, batch_size)`` as ints, the restore /
+    stopping policy against ``eval_data``, a callable ``callback`` (or None)."""
+    epochs = check_positive_int("fit_many", "epochs", epochs)
+    eval_every = check_positive_int("fit_many", "eval_every", eval_every)
+    batch_size = check_positive_int("fit_many", "batch_size", batch_size)
+    _check_policy(restore, stopping, eval_data)
+    if callback is not None and not callable(callback):
+        raise TypeError(f"fit_many: callback must be callable, got {type(callback).__name__}")
+    return epochs, eval_every, batch_size
 
 
 def _check_policy(restore: str, stopping: str | None, eval_data: Any) -> None:
