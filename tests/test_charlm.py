@@ -220,3 +220,18 @@ def test_the_transformer_model_passes_the_oracle():
     x = jax.nn.one_hot(jax.random.randint(jax.random.key(1), (2, 5), 0, 6), 6, dtype=jnp.float64)
     report = check_op(net, params, x)
     assert report.passed, report
+
+
+def test_recurrent_models_read_ids_and_others_get_them_one_hot():
+    """char_model's recurrent nets take the ids themselves (the first layer gathers its input
+    rows: the numbers of the one-hot product); the transformer gets one-hot rows."""
+    lstm = charlm.char_model("lstm-lstm", 7, 5, dtype=jnp.float64)
+    assert charlm.takes_ids(lstm) and charlm.one_hot_inputs(lstm, 7, jnp.float64) is lstm
+    tr = charlm.char_model("transformer", 7, 8, dtype=jnp.float64)
+    assert not charlm.takes_ids(tr)
+    assert charlm.one_hot_inputs(tr, 7, jnp.float64).name.startswith("one_hot[7]")
+    _, params = lstm.init(jax.random.key(0), (6, 7))
+    ids = jax.random.randint(jax.random.key(1), (2, 6), 0, 7)
+    y_ids = lstm.forward(params, ids)[0]
+    y_hot = lstm.forward(params, jax.nn.one_hot(ids, 7, dtype=jnp.float64))[0]
+    np.testing.assert_array_equal(y_ids, y_hot)

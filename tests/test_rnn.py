@@ -212,3 +212,43 @@ def test_sequence_loss_is_the_mean_over_batch_and_time():
 
 
 # ----------------------------------------------------------------------------------- clipping
+
+
+# ----------------------------------------------------------------------------- integer ids
+
+
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+def test_ids_are_the_one_hot_rows_they_stand_for(cell):
+    """A layer fed ids (batch, T) computes what it computes on their one-hot rows: the same
+    outputs and the same parameter gradients (to rounding: the scatter-add sums in another
+    order), eagerly and jitted; dx is jax.vjp's float0 for an integer input. (The registry's
+    ``lstm_layer[ids]`` puts the ids path through the oracle.)"""
+    params, ids = _example(f"{cell}_layer")
+    ids = jax.random.randint(jax.random.key(5), ids.shape[:2], 0, 3).at[0, :3].set(1)
+    layer = registry()[f"{cell}_layer"].op
+    assert jnp.issubdtype(ids.dtype, jnp.integer) and ids.shape == (3, 6)
+    one_hot = jax.nn.one_hot(ids, 4, dtype=jnp.float64)
+    y_ids, c_ids = layer.forward(params, ids)
+    y_hot, c_hot = layer.forward(params, one_hot)
+    np.testing.assert_array_equal(y_ids, y_hot)
+    dy = jax.random.normal(jax.random.key(3), y_ids.shape, jnp.float64)
+    d_ids, dx_ids = layer.backward(c_ids, dy)
+    d_hot, _ = layer.backward(c_hot, dy)
+    assert set(d_ids) == set(d_hot)
+    for k in d_hot:
+        np.testing.assert_allclose(d_ids[k], d_hot[k], rtol=1e-12, atol=1e-14, err_msg=k)
+    assert dx_ids.dtype == jax.dtypes.float0 and dx_ids.shape == ids.shape
+    jitted = jax.jit(lambda p, x: layer.backward(layer.forward(p, x)[1], dy)[0])(params, ids)
+    for k in d_hot:
+        np.testing.assert_allclose(jitted[k], d_hot[k], rtol=1e-12, atol=1e-14, err_msg=k)
+
+
+def test_bad_ids_are_named_or_show_as_nan():
+    params, ids = _example("lstm_layer[ids]")
+    layer = registry()["lstm_layer[ids]"].op
+    with pytest.raises(ValueError, match=r"sequence\[lstm\]: ids must lie in \[0, 4\).*\[0, 4\]"):
+        layer.forward(params, ids.at[1, 2].set(4))
+    with pytest.raises(ValueError, match=r"ids \(batch, T\), got \(3, 6, 1\)"):
+        layer.forward(params, ids[..., None])
+    y = jax.jit(lambda x: layer.forward(params, x)[0])(ids.at[1, 2].set(-1))
+    assert bool(jnp.all(jnp.isnan(y[1, 2:]))) and bool(jnp.all(jnp.isfinite(y[0])))

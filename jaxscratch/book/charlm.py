@@ -229,7 +229,9 @@ def char_model(
     for n, p in enumerate(parts):
         out = vocab_size if n == len(parts) - 1 else hidden
         layers.append(rnn.recurrent_layer(p, hidden, out, weight_scale=weight_scale, dtype=dtype))
-    return layers[0] if len(layers) == 1 else serial(*layers, name=f"char_model[{kind},{hidden}]")
+    net = layers[0] if len(layers) == 1 else serial(*layers, name=f"char_model[{kind},{hidden}]")
+    _ID_NETS.add(net)  # the first recurrent layer gathers its input rows (see takes_ids)
+    return net
 
 
 def transformer_model(
@@ -273,15 +275,30 @@ def _dtype_of(params: Params):
     return leaves[0].dtype
 
 
+#: the recurrent models :func:`char_model` built: their first layer reads int ids itself
+_ID_NETS: set[Op] = set()
+
+
+def takes_ids(net: Op) -> bool:
+    """Whether ``net`` reads int ids (batch, T) itself: the recurrent models of
+    :func:`char_model`, whose first layer's input projection is a row gather (the same numbers
+    as the product with one-hot rows, without multiplying the zeros; see
+    :func:`jaxscratch.ops.rnn.sequence`). Other nets get one-hot inputs."""
+    return net in _ID_NETS
+
+
 @functools.lru_cache(maxsize=32)
 def one_hot_inputs(net: Op, vocab_size: int, dtype: Any) -> Op:
-    """``net`` fed int ids: x (batch, T) ints -> one-hot (batch, T, vocab) in ``dtype`` -> ``net``.
+    """``net`` fed int ids: x (batch, T) ints -> one-hot (batch, T, vocab) in ``dtype`` -> ``net``;
+    a net that :func:`takes_ids` itself is returned as it is.
 
     Same params, cache and backward as ``net`` (the one-hot step has no parameters; the returned
     ``dx`` is the gradient with respect to the one-hot input, which training discards). The
     windows stay int ids in memory and become one-hot inside the compiled step. Cached per
     (net, vocab, dtype), so every :func:`train_char_lm` of a model shares one compiled program.
     """
+    if takes_ids(net):
+        return net
     dtype = np.dtype(dtype)
 
     def forward(params, x, **kw):
@@ -331,7 +348,8 @@ def train_char_lm(
 ) -> CharLMResult:
     """Train a character model on random windows of ``ids`` (the encoded text, (n,) ints).
 
-    Every iteration: ``batch_size`` windows of ``seq_len`` characters, one-hot inputs, the loss
+    Every iteration: ``batch_size`` windows of ``seq_len`` characters as ids (one-hot for a net
+    that does not :func:`takes_ids`), the loss
     :data:`~jaxscratch.ops.rnn.sequence_softmax_cross_entropy` against the next characters, the
     hand-derived backward pass, ``optimizer.update`` with ``lr``. Training runs in
     :func:`jaxscratch.train.fit`: the rows are the text's windows (:func:`windows`), an epoch is
@@ -424,7 +442,8 @@ def _sample_program(net: Op, vocab_size: int, window: int, length: int):
         dtype = _dtype_of(params)
 
         def body(win, k):
-            x = jax.nn.one_hot(win[None, :], vocab_size, dtype=dtype)  # (1, window, vocab)
+            x = win[None, :]  # (1, window) ids, one-hot (1, window, vocab) unless net takes ids
+            x = x if takes_ids(net) else jax.nn.one_hot(x, vocab_size, dtype=dtype)
             logits = apply(net, params, x, train=False)[0][0, -1]
             c = jax.random.categorical(k, logits / temperature.astype(dtype))
             return jnp.concatenate([win[1:], c[None].astype(win.dtype)]), c

@@ -29,6 +29,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.typing import DTypeLike
 
 from jaxscratch.core import Array, Loss, Op, Shape, register, register_loss, serial
@@ -52,6 +53,7 @@ from jaxscratch.ops.cells import (
     lstm_cell,
     rnn_cell,
 )
+from jaxscratch.ops.embedding import _checked_ids
 from jaxscratch.ops.losses import softmax_cross_entropy
 from jaxscratch.validate import check_positive, check_positive_int
 
@@ -59,16 +61,30 @@ from jaxscratch.validate import check_positive, check_positive_int
 # a cell over time: lax.scan forward, reverse lax.scan backward (BPTT)
 
 
+def _is_ids(x: Any) -> bool:
+    """Integer input: ids into the rows of the input projection (see :func:`sequence`)."""
+    return jnp.issubdtype(getattr(x, "dtype", jnp.float32), jnp.integer)
+
+
+def _project(x: Array, W_x: Array, B: Array) -> Array:
+    """``x @ W_x + B`` for every step, time-major (T, batch, 4 hidden); for ids (batch, T) the
+    rows ``W_x[ids] + B`` (the same numbers as the product with their one-hot rows; an id out of
+    range, which :func:`_checked_ids` maps to ``n_in``, reads NaN)."""
+    if _is_ids(x):
+        return jnp.take(W_x, x.T, axis=0, mode="fill", fill_value=jnp.nan) + B[None]
+    n, T, n_in = x.shape
+    return (jnp.swapaxes(x, 0, 1).reshape(T * n, n_in) @ W_x + B).reshape(T, n, -1)
+
+
 @functools.partial(jax.jit, static_argnums=0)
 def _scan_forward(cell: Cell, params: CellParams, x: Array, state0: State) -> tuple[Array, tuple]:
     """hs (batch, T, hidden) and the cache ``(fused weights, x, state0, hs (T, batch, hidden),
-    stacked step caches)``. The input projection of all T steps is one product before the scan;
-    only the recurrent part runs step by step. Jitted (cached per cell and shapes)."""
+    stacked step caches)``. The input projection of all T steps is one product (for ids, one
+    row gather) before the scan; only the recurrent part runs step by step. Jitted (cached per
+    cell and shapes)."""
     fused = cell.fuse(params)
     W_x, W_h, B = fused
-    n, T, n_in = x.shape
-    xs = jnp.swapaxes(x, 0, 1)  # (T, batch, n_in): time-major, as the scan wants
-    xp = (xs.reshape(T * n, n_in) @ W_x + B).reshape(T, n, -1)
+    xp = _project(x, W_x, B)
 
     def body(state, xp_t):
         new, step_cache = cell.recur(W_h, xp_t, state)
@@ -80,12 +96,12 @@ def _scan_forward(cell: Cell, params: CellParams, x: Array, state0: State) -> tu
 
 @functools.partial(jax.jit, static_argnums=0)
 def _scan_backward(cell: Cell, cache: tuple, dhs: Array):
-    """BPTT: (dparams, dx (batch, T, n_in), dstate0 tuple). The reverse scan carries only the
-    state gradients and emits each step's pre-activation gradient ``dxp_t``; ``dW_x``, ``dB``,
-    ``dW_h`` and ``dx`` are then one product each over all steps. Jitted (cached per cell and
-    shapes)."""
+    """BPTT: (dparams, dx (batch, T, n_in) or None for ids, dstate0 tuple). The reverse scan
+    carries only the state gradients and emits each step's pre-activation gradient ``dxp_t``;
+    ``dW_x``, ``dB``, ``dW_h`` and ``dx`` are then one product each over all steps (for ids,
+    ``dW_x`` is the scatter-add of ``dxp`` into the rows the ids name, and there is no ``dx``).
+    Jitted (cached per cell and shapes)."""
     (W_x, W_h, _), x, state0, hs, caches = cache
-    n, T, n_in = x.shape
     h_prev = jnp.concatenate([state0[0][None], hs[:-1]], axis=0)  # (T, batch, hidden)
     dhs_t = jnp.swapaxes(dhs, 0, 1)
     zero_state = tuple(jnp.zeros_like(dhs_t[0]) for _ in range(cell.n_state))
@@ -99,6 +115,11 @@ def _scan_backward(cell: Cell, cache: tuple, dhs: Array):
 
     dstate0, dxp = jax.lax.scan(body, zero_state, (dhs_t, h_prev, caches), reverse=True)
     dW_h = cell.recur_wgrad(h_prev, caches, dxp)
+    if _is_ids(x):
+        dW_x = jnp.zeros_like(W_x).at[x.T].add(dxp, mode="drop")
+        dB = jnp.sum(dxp.reshape(-1, dxp.shape[-1]), axis=0, keepdims=True)
+        return cell.unfuse(dW_x, dW_h, dB), None, dstate0
+    n, T, n_in = x.shape
     dW_x, dB = _dgate(dxp, jnp.swapaxes(x, 0, 1))
     dx = (dxp.reshape(T * n, -1) @ W_x.T).reshape(T, n, n_in)
     return cell.unfuse(dW_x, dW_h, dB), jnp.swapaxes(dx, 0, 1), dstate0
@@ -107,26 +128,42 @@ def _scan_backward(cell: Cell, cache: tuple, dhs: Array):
 def sequence(cell: Cell, name: str | None = None) -> Op:
     """``cell`` run over time. forward(params, (x, h0[, c0])) -> (hs, cache).
 
-    x: (batch, T, n_in); h0, c0: (batch, hidden); hs: (batch, T, hidden), ``hs[:, t]`` the state
-    ``h`` after step t. The input projection ``x @ W_x + B`` of all T steps is one matrix product;
-    a ``lax.scan`` over time then runs the recurrent part. Cache: ``(fused weights, x, initial
-    states, hs (T, batch, hidden), step caches)``, each step-cache array stacked with a leading
-    axis T. Backward (BPTT) is a reverse ``lax.scan`` whose carry is the gradient into the state
-    after step t; it emits each step's pre-activation gradients, from which the weight, bias and
-    input gradients are one product each; returns ``(dparams, (dx, dh0[, dc0]))``. Both scans are jitted functions (compiled once per
-    cell and shapes, so eager calls, e.g. the oracle's finite differences, do not recompile).
+    x: (batch, T, n_in), or integer ids (batch, T) in ``[0, n_in)``, which stand for their
+    one-hot rows (a character model's input): the input projection is then a row gather
+    ``W_x[ids]`` instead of a product with mostly zeros, and its weight gradient a scatter-add;
+    the numbers are those of the one-hot input (tests/test_rnn.py). h0, c0: (batch, hidden); hs:
+    (batch, T, hidden), ``hs[:, t]`` the state ``h`` after step t. The input projection
+    ``x @ W_x + B`` of all T steps is one matrix product; a ``lax.scan`` over time then runs the
+    recurrent part. Cache: ``(fused weights, x, initial states, hs (T, batch, hidden), step
+    caches)``, each step-cache array stacked with a leading axis T. Backward (BPTT) is a reverse
+    ``lax.scan`` whose carry is the gradient into the state after step t; it emits each step's
+    pre-activation gradients, from which the weight, bias and input gradients are one product
+    each; returns ``(dparams, (dx, dh0[, dc0]))``, ``dx`` for ids a ``float0`` array of their
+    shape (``jax.vjp``'s convention for integer inputs). Ids out of range are a ``ValueError``
+    when concrete; traced, they read NaN rows (see :mod:`jaxscratch.ops.embedding`). Both scans
+    are jitted functions (compiled once per cell and shapes, so eager calls, e.g. the oracle's
+    finite differences, do not recompile).
     """
     label = name or f"sequence[{cell.name}]"
 
     def forward(params: CellParams, inp: Any) -> tuple[Array, tuple]:
         x, state0 = _split_input(label, cell, inp, "x")
-        if x.ndim != 3 or x.shape[1] == 0:
+        if _is_ids(x):
+            if x.ndim != 2 or x.shape[1] == 0:
+                raise ValueError(f"{label}: expected ids of shape (batch, T >= 1), got {_shape(x)}")
+            n_in, _ = cell.sizes(params)
+            _check_step_inputs(label, cell, params, (*x.shape, n_in), state0, "x")
+            x = _checked_ids(label, x, n_in)
+        elif x.ndim != 3 or x.shape[1] == 0:
             raise ValueError(f"{label}: expected x of shape (batch, T >= 1, n_in), got {_shape(x)}")
-        _check_step_inputs(label, cell, params, x.shape, state0, "x")
+        else:
+            _check_step_inputs(label, cell, params, x.shape, state0, "x")
         return _scan_forward(cell, params, x, tuple(state0))
 
     def backward(cache: tuple, dhs: Array) -> tuple[CellParams, tuple]:
         dparams, dx, dstate0 = _scan_backward(cell, cache, dhs)
+        if dx is None:  # ids: no gradient flows into an index
+            dx = np.zeros(cache[1].shape, jax.dtypes.float0)
         return dparams, (dx, *dstate0)
 
     return Op(label, forward, backward)
@@ -195,7 +232,9 @@ def recurrent_layer(
     dtype: DTypeLike | None = None,
     name: str | None = None,
 ) -> Op:
-    """The book's recurrent layer: x (batch, T, n_in) -> y (batch, T, out).
+    """The book's recurrent layer: x (batch, T, n_in) -> y (batch, T, out); x may also be integer
+    ids (batch, T) in ``[0, n_in)`` standing for their one-hot rows (see :func:`sequence`: the
+    input projection is then a row gather).
 
     ``h_0 = start_H`` (and ``c_0 = start_C`` for LSTM), learned, shape (1, hidden), broadcast over
     the batch; ``hs = sequence(cell)(x, h_0)``; ``y_t = hs_t @ W_v + B_v`` with ``W_v`` (hidden,
@@ -224,8 +263,10 @@ def recurrent_layer(
 
     def forward(params: dict[str, Array], x: Array) -> tuple[Array, tuple]:
         cell_params, W_v, B_v, starts = split(params)
-        if x.ndim != 3:
-            raise ValueError(f"{label}: expected x of shape (batch, T, n_in), got {_shape(x)}")
+        if x.ndim != (2 if _is_ids(x) else 3):
+            raise ValueError(
+                f"{label}: expected x of shape (batch, T, n_in) or ids (batch, T), got {_shape(x)}"
+            )
         state0 = tuple(jnp.broadcast_to(s, (x.shape[0], s.shape[1])) for s in starts)
         hs, seq_cache = seq.forward(cell_params, (x, *state0))
         y = hs @ W_v + B_v[None]  # (batch, T, out) + (1, 1, out)
@@ -359,9 +400,24 @@ rnn_sequence = register(sequence(RNN), _sequence_example(RNN))
 lstm_sequence = register(sequence(LSTM), _sequence_example(LSTM))
 gru_sequence = register(sequence(GRU), _sequence_example(GRU))
 
+
+def _ids_layer_example(op: Op):
+    """The layer fed integer ids (repeated, one of the n_in ids never used)."""
+    example = _layer_example(op)
+
+    def ids_example(key: Array):
+        params, _ = example(key)
+        ids = jax.random.randint(jax.random.fold_in(key, 7), (_BATCH, _T), 0, _N_IN - 1)
+        return params, ids.at[0, :3].set(1)
+
+    return ids_example
+
+
 for _c in (RNN, LSTM, GRU):
     _layer = recurrent_layer(_c, _HIDDEN, _OUT, weight_scale=0.5, dtype=jnp.float64)
     register(_layer, _layer_example(_layer), name=f"{_c.name}_layer")
+    if _c is LSTM:  # the ids path is the same code for every cell (tests/test_rnn.py)
+        register(_layer, _ids_layer_example(_layer), name="lstm_layer[ids]")
 
 _stack = serial(  # GRU -> LSTM as in the chapter; shapes shared with the examples above
     gru_layer(_HIDDEN, _N_IN, weight_scale=0.5, dtype=jnp.float64),
