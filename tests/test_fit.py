@@ -141,6 +141,33 @@ def test_bad_data_is_a_clear_error():
         fit(NET, mean_squared_error, OPT, init(), X, y, epochs=1, batch_size=4)
 
 
+def test_a_device_array_is_checked_once_a_numpy_array_every_time(monkeypatch):
+    """JAX arrays are immutable, so fit reads a device array's values for NaN only the first
+    time; a numpy array can change between two fits and is read every time."""
+    from jaxscratch.train import inputs
+
+    X, y = data(10)
+    kw = dict(epochs=1, batch_size=4, key=jax.random.key(0))
+    Xd, yd = jnp.asarray(X), jnp.asarray(y)
+    reads = []
+    real = np.isfinite
+    data_shapes = {(10, 3), (10, 1)}
+    monkeypatch.setattr(
+        inputs.np, "isfinite", lambda a: (np.shape(a) in data_shapes and reads.append(1)) or real(a)
+    )
+    fit(NET, mean_squared_error, OPT, init(), Xd, yd, **kw)
+    assert len(reads) == 2
+    fit(NET, mean_squared_error, OPT, init(), Xd, yd, **kw)
+    assert len(reads) == 2  # the same device arrays: not read again
+    Xn = X.copy()
+    fit(NET, mean_squared_error, OPT, init(), Xn, y, **kw)
+    Xn[3, 1] = np.nan  # the same numpy array, changed
+    with pytest.raises(ValueError, match="NaN"):
+        fit(NET, mean_squared_error, OPT, init(), Xn, y, **kw)
+    with pytest.raises(ValueError, match="NaN"):
+        fit(NET, mean_squared_error, OPT, init(), jnp.asarray(Xn), yd, **kw)
+
+
 def test_fit_learns_boston_and_predict_batches():
     from jaxscratch.data import boston_book_data
 
