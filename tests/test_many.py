@@ -189,6 +189,10 @@ def test_a_run_resumed_from_a_callbacks_state_is_the_uninterrupted_run():
     np.testing.assert_array_equal(np.stack([i["eval_loss"] for i in infos], 1), h.eval_loss)
     assert all(list(i["trained"]) == [i["epoch"] <= 15, True] for i in infos)
     assert all(np.isnan(i["period_train_loss"][0]).all() == (i["epoch"] > 15) for i in infos)
+    # the history too: run 0's epochs after its stop were computed by the batched program and
+    # thrown away, so they are NaN; the epochs it trained are finite
+    assert np.isnan(h.train_loss[0, 15:]).all() and np.isfinite(h.train_loss[0, :15]).all()
+    assert h.train_loss.shape == (2, 24) and np.isfinite(h.train_loss[1]).all()
 
     class Stop(Exception):
         pass

@@ -14,7 +14,7 @@
 
 from jaxscratch.train.compile_cache import default_cache_dir, enable_compilation_cache
 from jaxscratch.train.loop import fit
-from jaxscratch.train.many import ManyHistory, ManyResult, fit_many, init_many
+from jaxscratch.train.many import ManyHistory, ManyResult, ManyState, fit_many, init_many
 from jaxscratch.train.programs import make_step, predict
 from jaxscratch.train.progress import ProgressLine
 from jaxscratch.train.state import (
@@ -51,6 +51,7 @@ __all__ = [
     "init_many",
     "ManyHistory",
     "ManyResult",
+    "ManyState",
     "init_state",
     "make_step",
     "predict",

@@ -71,10 +71,12 @@ from jaxscratch.validate import check_choice, check_int, check_lr, check_positiv
 @dataclass
 class ManyHistory:
     """What :func:`fit_many` saw, one row per run. ``train_loss`` (N, epochs): each epoch's mean
-    batch loss; ``eval_loss`` (N, evaluations) and ``eval_metrics[name]`` (N, evaluations) at
-    ``eval_epochs``; ``lr`` (N,); ``diverged_epoch`` (N,) (0: never); ``best_epoch`` (N,): the
-    evaluation with the lowest eval loss, under either ``restore`` (0: never evaluated); ``stopped_epoch`` (N,): the evaluation at which the book's rule stopped the
-    run (0: it did not; its params are then those from the start of that epoch);
+    batch loss (NaN for an epoch that went non-finite and for the periods after a run stopped or
+    diverged, in which it did not train); ``eval_loss`` (N, evaluations) and
+    ``eval_metrics[name]`` (N, evaluations) at ``eval_epochs``; ``lr`` (N,); ``diverged_epoch``
+    (N,) (0: never); ``best_epoch`` (N,): the evaluation with the lowest eval loss, under either
+    ``restore`` (0: never evaluated); ``stopped_epoch`` (N,): the evaluation at which the book's
+    rule stopped the run (0: it did not; its params are then those from the start of that epoch);
     ``final_eval_loss`` / ``final_metrics[name]`` (N,): the evaluation of exactly the returned
     params (None without evaluation data)."""
 
@@ -369,11 +371,13 @@ class _Loop:
         return self.alive.copy()
 
     def record_train(self, first: int, losses: np.ndarray, finite: np.ndarray) -> np.ndarray:
-        """Epoch means of (N, count, batches) losses; runs that went non-finite are frozen."""
+        """Epoch means of (N, count, batches) losses; runs that went non-finite are frozen. A
+        run that had stopped or diverged before the period did not train in it (the batched
+        program computed it, and it was thrown away): NaN."""
         good = np.isfinite(losses).all(axis=2) & finite  # (N, count)
         first_bad = np.where(good.all(axis=1), 0, first + 1 + np.argmin(good, axis=1))
         means = (losses * self.sizes).sum(axis=2) / self.sizes.sum()
-        self.train.append(np.where(good, means, np.nan))
+        self.train.append(np.where(good & self.alive[:, None], means, np.nan))
         self.history.epochs += list(range(first + 1, first + 1 + losses.shape[1]))
         return self._freeze(~good.all(axis=1), first_bad)
 
