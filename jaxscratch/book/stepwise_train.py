@@ -36,6 +36,7 @@ from jaxscratch.book.stepwise import (
     book_init_weights,
     init_weights,
 )
+from jaxscratch.train.shuffle import permutation
 from jaxscratch.validate import check_choice, check_int, check_positive, check_positive_int
 
 
@@ -107,9 +108,7 @@ def _jax_setup(
     """rng="jax": weights from one half of ``key``; pass p's row order from ``fold_in(other, p)``."""
     k_init, k_data = jax.random.split(key)
     weights = init_weights(k_init, d, model=model, hidden_size=hidden_size, dtype=dtype)
-    orders = jax.vmap(lambda p: jax.random.permutation(jax.random.fold_in(k_data, p), n))(
-        jnp.arange(n_passes)
-    )
+    orders = jax.vmap(lambda p: permutation(jax.random.fold_in(k_data, p), n))(jnp.arange(n_passes))
     return weights, orders
 
 

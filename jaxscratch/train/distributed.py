@@ -35,6 +35,7 @@ from jaxscratch.core import Array, Loss, Op, Params
 from jaxscratch.optim.optimizers import Optimizer
 from jaxscratch.train import parallel
 from jaxscratch.train.programs import make_step
+from jaxscratch.train.shuffle import permutation
 from jaxscratch.validate import check_lr, check_positive_int
 
 
@@ -133,7 +134,7 @@ def fit_processes(
     lr_g, kd = _global(mesh, (np.asarray(lr, dtype), key_data), False)
     losses: list[float] = []
     for e in range(epochs):
-        perm = np.asarray(jax.random.permutation(jax.random.fold_in(data_key, e), n))
+        perm = np.asarray(permutation(jax.random.fold_in(data_key, e), n))
         starts = range(0, n, bs)
         values, sizes = [], []
         for b, start in enumerate(starts):

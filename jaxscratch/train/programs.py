@@ -8,7 +8,8 @@ batches plus one step for a shorter last batch, gathering the batches on the dev
 
 Which rows a batch holds is a :class:`Batching` (static, part of the compiled program):
 
-* ``order="shuffle"``: epoch ``e`` is a pass over a permutation drawn with ``fold_in(data_key, e)``;
+* ``order="shuffle"``: epoch ``e`` is a pass over ``jax.random.permutation(fold_in(data_key, e), n)``
+  (computed by :func:`jaxscratch.train.shuffle.permutation`, the same elements, faster);
   ``"fixed"``: row order; ``"rows"``: row ``e`` of explicit permutations (the book's draws).
   ``steps`` full batches of ``bs`` rows, then ``rem`` remaining rows.
 * ``stream=True`` (``fit(steps_per_epoch=k)``): an epoch is ``k`` batches taken in turn from a
@@ -36,6 +37,7 @@ from jax.sharding import Mesh
 from jaxscratch.core import Array, Loss, Op, Params, apply, update_state
 from jaxscratch.optim.optimizers import Optimizer
 from jaxscratch.train import parallel
+from jaxscratch.train.shuffle import permutation
 
 
 def make_step(
@@ -123,7 +125,7 @@ def _data_key(b: Batching, data_key: Array | None) -> Array:
 
 def _pass_order(b: Batching, index: Array, data_key: Array | None) -> Array:
     if b.order == "shuffle":
-        return jax.random.permutation(jax.random.fold_in(_data_key(b, data_key), index), b.n)
+        return permutation(jax.random.fold_in(_data_key(b, data_key), index), b.n)
     return jnp.arange(b.n)
 
 
