@@ -103,6 +103,7 @@ from jaxscratch.core import Loss, Op  # noqa: E402
 from jaxscratch.ops import conv, losses, rnn  # noqa: E402
 from jaxscratch.ops import dense as layers  # noqa: E402
 from jaxscratch.optim import clipping, optimizers  # noqa: E402
+from jaxscratch.train import shuffle  # noqa: E402
 
 WORKLOADS = ("boston", "mlp", "cnn", "lstm")
 
@@ -975,6 +976,21 @@ def markdown(results: dict) -> str:
         for name, v in results["many"].items():
             lines.append(f"| {name} | {v['runs']} | {_fmt_s(v['one_s'])} | "
                          f"{_fmt_s(v['many_s'])} | {v['ratio']:.2f}x |")  # fmt: skip
+    if "many_parts" in results:
+        mp = results["many_parts"]
+        pr, pj = mp["products_us_per_step"], mp["permutation_jax_us_per_epoch"]
+        pf = mp["permutation_fit_us_per_epoch"]
+        lines += [
+            "",
+            f"Inside the {mp['runs']}-run Boston program, measured apart (jitted `lax.scan`): a "
+            f"step's five matrix products {pr['one']:.1f} us for one run, {pr['many']:.1f} us "
+            f"vmapped over {mp['runs']} ({pr['ratio']:.1f}x; "
+            f"{mp['products_ms_in_the_program']:.0f} ms of the program); an epoch's permutation "
+            f"of 354 rows, `jax.random.permutation` {pj['one']:.1f} us for one key and "
+            f"{pj['many']:.1f} us for {mp['runs']}, fit's (the same permutation) {pf['one']:.1f} "
+            f"us and {pf['many']:.1f} us ({mp['permutations_fit_ms_in_the_program']:.0f} ms of "
+            "the program).",
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -1041,6 +1057,14 @@ def goals(results: dict) -> dict[str, Any]:
             if name in results["many"]:
                 out[f"many_{name}_ratio"] = results["many"][name]["ratio"]
                 out[f"many_{name}_le_{limit:g}x"] = results["many"][name]["ratio"] <= limit
+        m = results["many"].get("mlp_10")
+        if m is not None and "mlp" in W:  # the same epoch as the mlp workload
+            flop = W["mlp"]["model_gflop"]
+            out["many_mlp_10_gflops"] = m["runs"] * flop / m["many_s"]
+            out["many_mlp_10_one_gflops"] = flop / m["one_s"]
+            # the rate 10 runs in 4x one run's time would need, against numpy's GEMM
+            out["many_mlp_10_4x_needs_gflops"] = m["runs"] * flop / (4.0 * m["one_s"])
+            out["many_mlp_10_numpy_gemm_gflops"] = W["mlp"]["gemm"]["numpy_gflops"]
     return out
 
 
@@ -1111,6 +1135,69 @@ def _many_pair(net: Op, loss: Loss, opt: Any, in_shape: tuple, X: Any, y: Any, n
                                                       **kw).params)  # fmt: skip
 
     return one, many
+
+
+def _scan_us(fn: Callable[[Any, Any], Any], xs: Any, w: Any, repeats: int) -> float:
+    """Microseconds per iteration of ``fn(x_t, w)`` inside one jitted ``lax.scan`` over ``xs``
+    (a carry feeds each result into the next iteration so XLA can hoist nothing), median."""
+
+    @jax.jit
+    def run(xs: Any, w: Any) -> Any:
+        def body(c: Any, x: Any) -> tuple[Any, None]:
+            out = fn(x, jax.tree.map(lambda a: a + c, w))
+            return c + 1e-30 * sum(jnp.sum(o) for o in jax.tree.leaves(out)), None
+
+        return jax.lax.scan(body, jnp.zeros((), jnp.float64), xs)[0]
+
+    jax.block_until_ready(run(xs, w))
+    steps = len(jax.tree.leaves(xs)[0])
+    return 1e6 * _median_time(lambda: jax.block_until_ready(run(xs, w)), repeats) / steps
+
+
+def time_many_parts(repeats: int, quick: bool) -> dict[str, Any]:
+    """What one step of the 16-run Boston program is made of, measured apart: the step's five
+    matrix products (13-13-1, batch 32: two forward, three backward) for one run and ``vmap``-ed
+    over 16, and the epoch's ``jax.random.permutation`` of the 354 training rows, one key and 16
+    keys; each inside a jitted ``lax.scan``, microseconds per step / per epoch."""
+    runs, n_rows, bs = 16, 354, 32
+    steps = 60 if quick else 600
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.standard_normal((steps, runs, bs, 13)))
+    w = (jnp.asarray(rng.standard_normal((runs, 13, 13))),
+         jnp.asarray(rng.standard_normal((runs, 13, 1))))  # fmt: skip
+
+    def products(x: Any, w: Any) -> tuple[Any, ...]:
+        W1, W2 = w
+        h = x @ W1  # (32, 13)
+        z = h @ W2  # (32, 1)
+        return h.T @ z, z @ W2.T, x.T @ h  # dW2, dh, dW1 shapes
+
+    one = _scan_us(products, x[:, 0], jax.tree.map(lambda a: a[0], w), repeats)
+    many = _scan_us(jax.vmap(products), x, w, repeats)
+    epochs = 5 if quick else 50
+    keys = jax.random.split(jax.random.key(0), (epochs, runs))
+
+    out: dict[str, Any] = {
+        "runs": runs,
+        "products_us_per_step": {"one": one, "many": many, "ratio": many / one},
+        # in the 16-run Boston program of time_many: 50 epochs of 12 steps
+        "products_ms_in_the_program": many * 600 / 1e3,
+    }
+    # jax's own and fit's (the same permutation, one packed 64-bit sort key)
+    for label, draw in (("jax", jax.random.permutation), ("fit", shuffle.permutation)):
+
+        def perm(k: Any, _: Any, draw: Callable[[Any, int], Any] = draw) -> Any:
+            return draw(k, n_rows)
+
+        p_one = _scan_us(perm, keys[:, 0], jnp.zeros(()), repeats)
+        p_many = _scan_us(jax.vmap(perm, in_axes=(0, None)), keys, jnp.zeros(()), repeats)
+        out[f"permutation_{label}_us_per_epoch"] = {
+            "one": p_one,
+            "many": p_many,
+            "ratio": p_many / p_one,
+        }
+        out[f"permutations_{label}_ms_in_the_program"] = p_many * 50 / 1e3
+    return out
 
 
 def time_many(repeats: int, quick: bool) -> dict[str, Any]:
@@ -1184,6 +1271,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.many:
         log("many: fit_many of N seeds against one fit")
         results["many"] = time_many(repeats, args.quick)
+        results["many_parts"] = time_many_parts(repeats, args.quick)
     if args.ch3:
         log("ch3: timing python experiments/ch3_boston.py")
         results["ch3"] = time_ch3(args.ch3)
