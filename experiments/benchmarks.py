@@ -979,13 +979,15 @@ def markdown(results: dict) -> str:
     if "many_parts" in results:
         mp = results["many_parts"]
         pr, pj = mp["products_us_per_step"], mp["permutation_jax_us_per_epoch"]
-        pf = mp["permutation_fit_us_per_epoch"]
+        pf, pa = mp["permutation_fit_us_per_epoch"], mp["activation_us_per_step"]
         lines += [
             "",
             f"Inside the {mp['runs']}-run Boston program, measured apart (jitted `lax.scan`): a "
             f"step's five matrix products {pr['one']:.1f} us for one run, {pr['many']:.1f} us "
             f"vmapped over {mp['runs']} ({pr['ratio']:.1f}x; "
-            f"{mp['products_ms_in_the_program']:.0f} ms of the program); an epoch's permutation "
+            f"{mp['products_ms_in_the_program']:.0f} ms of the program); the hidden layer's "
+            f"product, sigmoid and derivative {pa['one']:.1f} us and {pa['many']:.1f} us "
+            f"({pa['ratio']:.1f}x); an epoch's permutation "
             f"of 354 rows, `jax.random.permutation` {pj['one']:.1f} us for one key and "
             f"{pj['many']:.1f} us for {mp['runs']}, fit's (the same permutation) {pf['one']:.1f} "
             f"us and {pf['many']:.1f} us ({mp['permutations_fit_ms_in_the_program']:.0f} ms of "
@@ -1156,9 +1158,10 @@ def _scan_us(fn: Callable[[Any, Any], Any], xs: Any, w: Any, repeats: int) -> fl
 
 def time_many_parts(repeats: int, quick: bool) -> dict[str, Any]:
     """What one step of the 16-run Boston program is made of, measured apart: the step's five
-    matrix products (13-13-1, batch 32: two forward, three backward) for one run and ``vmap``-ed
-    over 16, and the epoch's ``jax.random.permutation`` of the 354 training rows, one key and 16
-    keys; each inside a jitted ``lax.scan``, microseconds per step / per epoch."""
+    matrix products (13-13-1, batch 32: two forward, three backward) and the hidden layer's
+    sigmoid with its derivative, for one run and ``vmap``-ed over 16, and the epoch's permutation
+    of the 354 training rows (``jax.random.permutation`` and fit's), one key and 16 keys; each
+    inside a jitted ``lax.scan``, microseconds per step / per epoch."""
     runs, n_rows, bs = 16, 354, 32
     steps = 60 if quick else 600
     rng = np.random.default_rng(0)
@@ -1172,8 +1175,14 @@ def time_many_parts(repeats: int, quick: bool) -> dict[str, Any]:
         z = h @ W2  # (32, 1)
         return h.T @ z, z @ W2.T, x.T @ h  # dW2, dh, dW1 shapes
 
+    def activation(x: Any, w: Any) -> tuple[Any, ...]:
+        s = jax.nn.sigmoid(x @ w[0])  # the hidden layer's sigmoid and its derivative
+        return (s * (1.0 - s),)
+
     one = _scan_us(products, x[:, 0], jax.tree.map(lambda a: a[0], w), repeats)
     many = _scan_us(jax.vmap(products), x, w, repeats)
+    a_one = _scan_us(activation, x[:, 0], jax.tree.map(lambda a: a[0], w), repeats)
+    a_many = _scan_us(jax.vmap(activation), x, w, repeats)
     epochs = 5 if quick else 50
     keys = jax.random.split(jax.random.key(0), (epochs, runs))
 
@@ -1182,6 +1191,8 @@ def time_many_parts(repeats: int, quick: bool) -> dict[str, Any]:
         "products_us_per_step": {"one": one, "many": many, "ratio": many / one},
         # in the 16-run Boston program of time_many: 50 epochs of 12 steps
         "products_ms_in_the_program": many * 600 / 1e3,
+        # x @ W1 then sigmoid and its derivative: the float64 exp grows with the elements
+        "activation_us_per_step": {"one": a_one, "many": a_many, "ratio": a_many / a_one},
     }
     # jax's own and fit's (the same permutation, one packed 64-bit sort key)
     for label, draw in (("jax", jax.random.permutation), ("fit", shuffle.permutation)):

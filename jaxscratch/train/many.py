@@ -177,14 +177,24 @@ def _vmapped_eval(evaluate: Any) -> Any:
     return jax.jit(jax.vmap(evaluate, in_axes=(0, None, None)))
 
 
-def _select(mask: np.ndarray, new: Any, old: Any) -> Any:
-    """Per run: ``new`` where ``mask`` (N,), else ``old``."""
-    m = jnp.asarray(mask)
-
+@jax.jit
+def _where_runs(m: Array, new: Any, old: Any) -> Any:
     def pick(a, b):
         return jnp.where(m.reshape((-1,) + (1,) * (jnp.ndim(a) - 1)), a, b)
 
     return jax.tree.map(pick, new, old)
+
+
+def _select(mask: np.ndarray, new: Any, old: Any) -> Any:
+    """Per run: ``new`` where ``mask`` (N,), else ``old``: ``new`` or ``old`` themselves when the
+    mask is all one way (every period of a run where nothing diverged or stopped), else one
+    compiled call for the whole tree."""
+    mask = np.asarray(mask, bool)
+    if mask.all():
+        return new
+    if not mask.any():
+        return old
+    return _where_runs(jnp.asarray(mask), new, old)
 
 
 def fit_many(
