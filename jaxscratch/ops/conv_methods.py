@@ -235,7 +235,10 @@ def _backward_im2col(
 ) -> tuple[Array, Array]:
     """dW: one product of dy with the cached patches; dx: shifted multiply-adds."""
     cols = _kept("im2col", cols)
-    dW = jnp.einsum("nohw,ncthw->oct", dy, cols).reshape(K.shape)
+    # dW[o, c, t] = sum over n, h, w of dy[n, o, h, w] P[n, c, t, h, w], contracted in (n, h, w)
+    # order: jnp.einsum picks (h, n, w), for which XLA:CPU transposes both operands first (the
+    # book CNN layer, forward and backward: 5.4 -> 4.1 ms a step)
+    dW = lax.dot_general(dy, cols, (((0, 2, 3), (0, 3, 4)), ((), ()))).reshape(K.shape)
     return dW, _input_grad_taps(x.shape, K, dy, g)
 
 
