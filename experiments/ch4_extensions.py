@@ -431,4 +431,8 @@ def run_seeds(args, rows, ds, deep_epochs: int, out: Path, log) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except FileNotFoundError as exc:  # the data set is not on this machine: no traceback
+        print(f"ch4_extensions.py: {exc}", file=sys.stderr)
+        sys.exit(2)

@@ -533,4 +533,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except FileNotFoundError as exc:  # the data set is not on this machine: no traceback
+        print(f"ch5_cnn.py: {exc}", file=sys.stderr)
+        sys.exit(2)

@@ -123,4 +123,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    try:
+        sys.exit(main())
+    except FileNotFoundError as exc:  # the data set is not on this machine: no traceback
+        print(f"dropout_masks.py: {exc}", file=sys.stderr)
+        sys.exit(2)

@@ -630,3 +630,24 @@ def test_real_fashion_mnist():
     assert np.bincount(d.test_labels, minlength=10).tolist() == [1000] * 10
     with pytest.raises(ValueError, match="not the published MNIST"):  # fashion is not MNIST
         load_mnist("mnist", data_dir=DEBIAN_FASHION, urlopen=no_network)
+
+
+@pytest.mark.subprocess
+@pytest.mark.parametrize("script", ["ch4_extensions", "ch5_cnn", "ch7_autoencoder"])
+def test_an_experiment_without_its_data_exits_2_with_the_loaders_message(script, tmp_path):
+    """No MNIST where the user pointed: the loader's message on stderr, exit 2, no traceback,
+    no file written (the output directory may have been made, empty)."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    missing = tmp_path / "no_mnist_here"
+    out = subprocess.run(
+        [sys.executable, str(root / "experiments" / f"{script}.py"), "--data-dir", str(missing),
+         "--out", str(tmp_path / "out")],
+        capture_output=True, text=True, timeout=120, cwd=tmp_path,
+    )  # fmt: skip
+    assert out.returncode == 2, out.stderr
+    assert "Traceback" not in out.stderr
+    assert out.stderr.startswith(f"{script}.py: load_mnist: data_dir {missing} is not a directory")
+    assert not [p for p in (tmp_path / "out").rglob("*") if p.is_file()]
