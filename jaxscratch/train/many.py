@@ -173,6 +173,12 @@ def _vmapped(kernel: Kernel) -> Any:
 
 
 @functools.lru_cache(maxsize=32)
+def _vmapped_init(init: Callable[[Params], Any]) -> Any:
+    """The optimizer's ``init`` over the run axis, compiled once per optimizer."""
+    return jax.jit(jax.vmap(init))
+
+
+@functools.lru_cache(maxsize=32)
 def _vmapped_eval(evaluate: Any) -> Any:
     return jax.jit(jax.vmap(evaluate, in_axes=(0, None, None)))
 
@@ -237,7 +243,7 @@ def fit_many(
     score = _scorer(net, loss, metrics, eval_data)
     loop = _Loop(n, rates, restore, batching.sizes())
     if start is None:
-        p, s, done = params, jax.vmap(optimizer.init)(params), 0
+        p, s, done = params, _vmapped_init(optimizer.init)(params), 0
     else:
         p, s, done = start.params, start.opt_state, loop.resume(start, epochs)
     dtype = lr_dtype(p)
