@@ -61,12 +61,12 @@ def test_ties_between_random_bits_keep_the_stable_order() -> None:
 
 @pytest.mark.parametrize("n", [2.0, True, "3", np.float64(4.0)])
 def test_an_n_that_is_no_int_is_a_type_error(n) -> None:
-    with pytest.raises(TypeError, match="permutation: n must be an int, got"):
+    with pytest.raises(TypeError, match="permutation: n must be an integer, got"):
         permutation(jax.random.key(0), n)
 
 
 def test_a_negative_n_is_a_value_error() -> None:
-    with pytest.raises(ValueError, match="permutation: n must be >= 0, got -1"):
+    with pytest.raises(ValueError, match=r"permutation: n must be an integer in \[0, .*got -1"):
         permutation(jax.random.key(0), -1)
 
 

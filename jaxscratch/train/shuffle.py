@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxscratch.core import Array
+from jaxscratch.validate import check_int
 
 
 def _rounds(n: int) -> int:
@@ -38,11 +39,7 @@ def permutation(key: Array, n: int) -> Array:
     ``key``: a typed or raw PRNG key; ``n``: a static int >= 0. Traceable, and ``vmap`` over
     ``key`` batches the sorts.
     """
-    if not isinstance(n, (int, np.integer)) or isinstance(n, bool):
-        raise TypeError(f"permutation: n must be an int, got {type(n).__name__} {n!r}")
-    if n < 0:
-        raise ValueError(f"permutation: n must be >= 0, got {n}")
-    n = int(n)
+    n = check_int("permutation", "n", n, minimum=0)
     if jax.dtypes.canonicalize_dtype(np.uint64) != np.uint64 or n >= 2**32:
         return jax.random.permutation(key, n)
     return _packed(key, n)
